@@ -1,0 +1,43 @@
+"""The ``cartkin`` command line: one module per command.
+
+User errors (bad input, bad configuration) print one message and exit with status 2, without a
+traceback; outputs are written to a temporary folder and moved into place only when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _use_all_cores() -> None:
+    # XLA runs one while_loop per device on one core: expose each core as a host device so that
+    # batched solves are sharded over them. Must happen before JAX creates its CPU client.
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        n = os.cpu_count() or 1
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    _use_all_cores()
+    from . import pipeline, simulate
+
+    parser = argparse.ArgumentParser(
+        prog="cartkin", description="Population pharmacology of CAR-T cell therapy."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for mod in (simulate, pipeline):
+        mod.add_parser(sub)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"cartkin {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
