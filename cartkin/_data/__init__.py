@@ -1,0 +1,1 @@
+"""Data: NONMEM-style IO and validation, the bundled published datasets, simulated cohorts."""
