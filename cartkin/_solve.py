@@ -60,7 +60,7 @@ def solve_patient(
     if isinstance(model, ClosedFormModel):
         out = model.solution(times, theta)
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in out.values()]))
-        status = jnp.where(finite, Status.OK, Status.NONFINITE)
+        status = jnp.where(finite, jnp.int32(Status.OK), jnp.int32(Status.NONFINITE))
         return jnp.zeros((times.shape[0], 0)), out, status
     assert isinstance(model, ODEModel)
 
@@ -112,20 +112,22 @@ def solve_patient(
         ys = jnp.where((times >= ta)[:, None], seg_ys, ys)
         code = jnp.where(
             sol.result == dfx.RESULTS.successful,
-            Status.OK,
+            jnp.int32(Status.OK),
             jnp.where(
-                sol.result == dfx.RESULTS.max_steps_reached, Status.MAX_STEPS, Status.SOLVER_FAILED
+                sol.result == dfx.RESULTS.max_steps_reached,
+                jnp.int32(Status.MAX_STEPS),
+                jnp.int32(Status.SOLVER_FAILED),
             ),
         )
         status = jnp.where(status == Status.OK, code, status)
         return (sol.ys[-1], log_mult, ys, status), None
 
     n_par = len(model.parameters)
-    init = (y0, jnp.zeros(n_par), jnp.zeros((times.shape[0], n_states)), jnp.asarray(Status.OK))
+    init = (y0, jnp.zeros(n_par), jnp.zeros((times.shape[0], n_states)), jnp.int32(Status.OK))
     (_, _, ys, status), _ = jax.lax.scan(segment, init, jnp.arange(n_seg))
     out = jax.vmap(lambda t, y: model.observe(t, y, theta))(times, ys)
     finite = jnp.all(jnp.isfinite(ys)) & jnp.all(
         jnp.stack([jnp.all(jnp.isfinite(v)) for v in out.values()])
     )
-    status = jnp.where((status == Status.OK) & ~finite, Status.NONFINITE, status)
+    status = jnp.where((status == Status.OK) & ~finite, jnp.int32(Status.NONFINITE), status)
     return ys, out, status

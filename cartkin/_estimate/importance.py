@@ -1,0 +1,225 @@
+"""Importance sampling at a parameter estimate: -2LL, EBEs and the Louis information.
+
+Per subject the proposal is a mixture: a multivariate t (4 degrees of freedom) at the
+conditional mean and 1.2 x the conditional covariance of phi_i (from the SAEM chain), and the
+population distribution N(mu_i, Omega) as a defensive component with weight 0.05. Draws are
+batched over subjects and drawn in chunks until the Monte Carlo SE of -2LL is at most the
+requested target (or the draw budget is spent).
+
+From the same weighted draws:
+
+* -2LL = -2 sum_i log mean_m w_im (all constants included; on the scale where the residual error
+  is normal), its Monte Carlo SE (delta method per subject) and each subject's ESS;
+* the conditional mean and SD of each phi_i (the empirical Bayes estimates);
+* the observed Fisher information by Louis's formula,
+  I = sum_i ( -E_i[H] - E_i[g g^T] + E_i[g] E_i[g]^T ),
+  with g, H the gradient and Hessian of the complete-data log-likelihood with respect to the
+  population parameters psi = (beta, Omega elements, log sigma). The predictions are fixed given
+  phi, so no derivative goes through the model solver. The score sum_i E_i[g] is the convergence
+  check (its Newton decrement g^T I^-1 g / 2 is the log-likelihood still to gain).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._likelihood import eta_logprior, residual_loglik
+from .._progress import progress_bar
+from .saem import _sigma_full, sigma_layout
+
+NU = 8.0
+W_PRIOR = 0.05
+INFLATE = 1.2
+
+
+@dataclasses.dataclass(frozen=True)
+class ISOptions:
+    """Draw budget: -2LL until its MC SE <= ``target_se``; the information from ``louis_draws``."""
+
+    draws_per_chunk: int = 250
+    min_draws: int = 500
+    max_draws: int = 16000
+    target_se: float = 0.5
+    louis_draws: int = 1000
+    seed: int = 1
+
+
+class PsiLayout:
+    """Packing of the population parameters into one vector psi (for SEs)."""
+
+    def __init__(self, colmask, omask, n_log_sigma):
+        self.colmask = np.asarray(colmask)
+        self.omask_lower = np.tril(np.asarray(omask))
+        self.n_beta = int(self.colmask.sum())
+        self.n_omega = int(self.omask_lower.sum())
+        self.n_sigma = n_log_sigma
+        self.size = self.n_beta + self.n_omega + self.n_sigma
+
+    def pack(self, beta, omega, log_sigma):
+        return jnp.concatenate(
+            [beta[self.colmask], omega[self.omask_lower], jnp.asarray(log_sigma)]
+        )
+
+    def unpack(self, psi):
+        b = jnp.zeros(self.colmask.shape).at[self.colmask].set(psi[: self.n_beta])
+        o = jnp.zeros(self.omask_lower.shape).at[self.omask_lower].set(
+            psi[self.n_beta : self.n_beta + self.n_omega]
+        )
+        o = o + jnp.tril(o, -1).T
+        return b, o, psi[self.n_beta + self.n_omega :]
+
+
+def _mvt_logpdf(x, m, chol, nu):
+    d = x.shape[-1]
+    z = jax.scipy.linalg.solve_triangular(chol, (x - m).T, lower=True).T
+    q = jnp.sum(z**2, -1)
+    return (
+        jax.scipy.special.gammaln((nu + d) / 2) - jax.scipy.special.gammaln(nu / 2)
+        - 0.5 * d * jnp.log(nu * jnp.pi) - jnp.sum(jnp.log(jnp.diag(chol)))
+        - 0.5 * (nu + d) * jnp.log1p(q / nu)
+    )
+
+
+def importance_sample(stat, predict_one, data, X, params, post_mean, post_cov, codes,
+                      options: ISOptions = ISOptions(), progress: bool = False):
+    """Run the sampler; returns a dict of numpy results (see module docstring)."""
+    N, d = post_mean.shape
+    X = jnp.asarray(X)
+    colmask = np.any(np.asarray(X) != 0, axis=0)
+    add, prop = sigma_layout(stat.endpoints)
+    layout = PsiLayout(colmask, stat.omega_mask(), int(add.sum() + prop.sum()))
+    beta, omega, log_sigma = (jnp.asarray(params[k]) for k in ("beta", "omega", "log_sigma"))
+    psi_hat = layout.pack(beta, omega, log_sigma)
+    mu = jnp.einsum("njp,jp->nj", X, beta)
+    L_pop = jnp.linalg.cholesky(omega)
+    cov = INFLATE * (jnp.asarray(post_cov) + 1e-8 * jnp.eye(d))
+    # floor the proposal at 1% of the population variance so no subject's proposal collapses
+    cov = cov + 0.01 * jnp.diag(jnp.diag(omega))[None]
+    L_q = jnp.linalg.cholesky(cov)
+    m_q = jnp.asarray(post_mean)
+    codes = jnp.asarray(codes)
+
+    def complete_ll(psi, phi, f, ok, data_i, x_i):
+        b, o, ls = layout.unpack(psi)
+        sa, sp = _sigma_full(ls, add, prop)
+        rl = residual_loglik(
+            codes[data_i["endpoint"]], data_i["dv"], f, data_i["cens"], data_i["limit"],
+            sa[data_i["endpoint"]], sp[data_i["endpoint"]], data_i["mask"],
+        ).sum()
+        mu_i = jnp.einsum("jp,jp->j", x_i, b)
+        return rl + eta_logprior(phi - mu_i, jnp.linalg.cholesky(o))
+
+    grad_c = jax.grad(complete_ll)
+    hess_c = jax.hessian(complete_ll)
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def chunk(key, louis, m_q, L_q):
+        M = options.draws_per_chunk
+        k1, k2, k3 = jax.random.split(key, 3)
+        # t draws: normal / sqrt(chi2/nu)
+        zt = jax.random.normal(k1, (N, M, d))
+        g = jax.random.gamma(k2, NU / 2, (N, M)) * 2 / NU
+        from_t = m_q[:, None] + jnp.einsum("nij,nmj->nmi", L_q, zt) / jnp.sqrt(g)[..., None]
+        zp = jax.random.normal(k3, (N, M, d))
+        from_p = mu[:, None] + zp @ L_pop.T
+        pick_prior = jax.random.uniform(jax.random.fold_in(key, 7), (N, M)) < W_PRIOR
+        phi = jnp.where(pick_prior[..., None], from_p, from_t)
+
+        def per_subject(phi_i, m_i, Lq_i, mu_i, data_i, x_i):
+            f, ok = jax.vmap(lambda p: predict_one(p, data_i))(phi_i)
+            lq = jnp.logaddexp(
+                jnp.log1p(-W_PRIOR) + _mvt_logpdf(phi_i, m_i, Lq_i, NU),
+                jnp.log(W_PRIOR) + eta_logprior(phi_i - mu_i, L_pop),
+            )
+            lc = jax.vmap(lambda p, fi, oi: complete_ll(psi_hat, p, fi, oi, data_i, x_i))(phi_i, f, ok)
+            lw = jnp.where(ok & jnp.isfinite(lc), lc - lq, -jnp.inf)
+            fin = jnp.isfinite(lw)
+            lmax = jnp.max(lw)
+            lmax = jnp.where(jnp.isfinite(lmax), lmax, 0.0)
+            w = jnp.exp(lw - lmax)
+            out = {"lmax": lmax, "W": w.sum(), "W2": jnp.sum(w**2), "n_fail": jnp.sum(~ok)}
+            if louis:
+                gr = jax.vmap(lambda p, fi, oi: grad_c(psi_hat, p, fi, oi, data_i, x_i))(phi_i, f, ok)
+                he = jax.vmap(lambda p, fi, oi: hess_c(psi_hat, p, fi, oi, data_i, x_i))(phi_i, f, ok)
+                gr = jnp.where(fin[:, None], gr, 0.0)
+                he = jnp.where(fin[:, None, None], he, 0.0)
+                out.update(
+                    G=w @ gr, GG=jnp.einsum("m,mi,mj->ij", w, gr, gr),
+                    H=jnp.einsum("m,mij->ij", w, he), P=w @ phi_i,
+                    PP=jnp.einsum("m,mi,mj->ij", w, phi_i, phi_i),
+                )
+            return out
+
+        return jax.vmap(per_subject)(phi, m_q, L_q, mu, data, X)
+
+
+    def combine(acc, new):
+        if acc is None:
+            return jax.tree.map(np.asarray, new)
+        new = jax.tree.map(np.asarray, new)
+        lmax = np.maximum(acc["lmax"], new["lmax"])
+        out = {"lmax": lmax, "n_fail": acc["n_fail"] + new["n_fail"]}
+        sa, sn = np.exp(acc["lmax"] - lmax), np.exp(new["lmax"] - lmax)
+        for k in [k for k in ("W", "G", "GG", "H", "P", "PP") if k in acc]:
+            shape = (-1,) + (1,) * (acc[k].ndim - 1)
+            out[k] = acc[k] * sa.reshape(shape) + new[k] * sn.reshape(shape)
+        out["W2"] = acc["W2"] * sa**2 + new["W2"] * sn**2
+        return out
+
+    key = jax.random.PRNGKey(options.seed)
+    # pass 1: the information and the EBEs from a fixed number of draws
+    lacc = None
+    n_louis = max(1, options.louis_draws // options.draws_per_chunk)
+    for c in range(n_louis):
+        lacc = combine(lacc, chunk(jax.random.fold_in(key, 10**6 + c), True, m_q, L_q))
+    # adapt the proposal to the weighted moments of pass 1
+    wm = lacc["P"] / lacc["W"][:, None]
+    wc = lacc["PP"] / lacc["W"][:, None, None] - wm[:, :, None] * wm[:, None, :]
+    ess1 = lacc["W"] ** 2 / lacc["W2"]
+    good = (ess1 > 50)[:, None, None]
+    cov2 = np.where(good, INFLATE * wc + 1e-8 * np.eye(d), np.asarray(cov))
+    m_q = jnp.asarray(np.where(good[:, :, 0], wm, np.asarray(m_q)))
+    L_q = jnp.linalg.cholesky(jnp.asarray(cov2))
+    # pass 2: -2LL until its Monte Carlo SE reaches the target
+    acc, m_total, c = None, 0, 0
+    with progress_bar(options.max_draws, "importance sampling (draws/subject)", progress) as adv:
+        while True:
+            acc = combine(acc, chunk(jax.random.fold_in(key, c), False, m_q, L_q))
+            c += 1
+            m_total += options.draws_per_chunk
+            adv(options.draws_per_chunk)
+            W, W2 = acc["W"], acc["W2"]
+            mean_w = W / m_total
+            var_log = np.maximum(W2 / m_total - mean_w**2, 0.0) / m_total / mean_w**2
+            se = 2 * np.sqrt(var_log.sum())
+            if m_total >= options.min_draws and (se <= options.target_se or m_total >= options.max_draws):
+                break
+    W = acc["W"]
+    loglik_i = np.log(W / m_total) + acc["lmax"]
+    WL = lacc["W"]
+    Eg = lacc["G"] / WL[:, None]
+    Egg = lacc["GG"] / WL[:, None, None]
+    EH = lacc["H"] / WL[:, None, None]
+    info = np.sum(-EH - Egg + Eg[:, :, None] * Eg[:, None, :], axis=0)
+    score = Eg.sum(0)
+    ebe = lacc["P"] / WL[:, None]
+    ebe_cov = lacc["PP"] / WL[:, None, None] - ebe[:, :, None] * ebe[:, None, :]
+    return {
+        "m2ll": float(-2 * loglik_i.sum()),
+        "m2ll_se": float(se),
+        "loglik_i": loglik_i,
+        "ess": W**2 / acc["W2"],
+        "draws": m_total,
+        "failed_draws": acc["n_fail"],
+        "info": info,
+        "score": score,
+        "ebe": ebe,
+        "ebe_sd": np.sqrt(np.maximum(np.diagonal(ebe_cov, axis1=1, axis2=2), 0.0)),
+        "layout": layout,
+        "psi": np.asarray(psi_hat),
+    }

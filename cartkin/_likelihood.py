@@ -1,0 +1,298 @@
+"""The population statistical model, written once.
+
+Individual parameters (mu-referenced, on each parameter's natural scale ``u``: log, logit or
+identity)::
+
+    phi_i = mu_i + eta_i,   mu_i = X_i beta,   eta_i ~ N(0, Omega)
+    theta_i = u^{-1}(phi_i)
+
+Residual error per endpoint, on the scale where it is normal::
+
+    log_additive   log DV ~ N(log f, sigma^2)            (qPCR CAR-T data)
+    additive       DV ~ N(f, sigma^2)
+    proportional   DV ~ N(f, (sigma f)^2)
+    combined       DV ~ N(f, sigma_add^2 + (sigma_prop f)^2)
+
+Censoring (M3): CENS=1 contributes P(DV < LIMIT), CENS=-1 contributes P(DV > LIMIT).
+
+Everything below is a pure JAX function of arrays. :func:`subject_loglik` is the one
+conditional likelihood; the SAEM E-step, the importance sampler, the Louis information and the
+NUTS log-density all call it. -2LL includes all constants (``log 2 pi``) and is on the scale
+where the error is normal (log DV for ``log_additive``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import jax.scipy.stats as jstats
+import numpy as np
+
+from ._models.base import Model
+from ._population import from_unconstrained, to_unconstrained
+
+ERROR_MODELS = {"log_additive": 1, "additive": 1, "proportional": 1, "combined": 2}
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """One observed endpoint: which model output, which DVID, which error model."""
+
+    output: str
+    dvid: int = 1
+    error: str = "log_additive"
+
+    def __post_init__(self):
+        if self.error not in ERROR_MODELS:
+            raise ValueError(
+                f"unknown error model {self.error!r} for endpoint {self.output!r}; "
+                f"choose from {list(ERROR_MODELS)}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class FitData:
+    """Observations of N subjects, padded to T records each (fixed shapes for jit).
+
+    ``endpoint`` indexes the fit's endpoints; ``mask`` is False on padding. Doses are the
+    event-table arrays of :mod:`cartkin._regimen` (N, E).
+    """
+
+    ids: np.ndarray  # (N,)
+    time: np.ndarray  # (N, T)
+    dv: np.ndarray  # (N, T)
+    cens: np.ndarray  # (N, T) int: 0, 1 (below LIMIT), -1 (above LIMIT)
+    limit: np.ndarray  # (N, T)
+    endpoint: np.ndarray  # (N, T) int
+    mask: np.ndarray  # (N, T) bool
+    ev_time: np.ndarray  # (N, E)
+    ev_dose: np.ndarray  # (N, E)
+    ev_log_effect: np.ndarray  # (N, E, P)
+    covariates: Mapping[str, np.ndarray]  # name -> (N,)
+
+    @property
+    def n_subjects(self) -> int:
+        return self.time.shape[0]
+
+    @property
+    def n_obs(self) -> int:
+        return int(self.mask.sum())
+
+    def subset(self, idx) -> FitData:
+        return FitData(
+            self.ids[idx], self.time[idx], self.dv[idx], self.cens[idx], self.limit[idx],
+            self.endpoint[idx], self.mask[idx], self.ev_time[idx], self.ev_dose[idx],
+            self.ev_log_effect[idx], {k: v[idx] for k, v in self.covariates.items()},
+        )
+
+
+def residual_loglik(kind_codes, y, f, cens, limit, sigma_add, sigma_prop, mask):
+    """Log-likelihood of each record given the prediction f (M3 for censored records).
+
+    ``kind_codes`` per record: 0 log-additive, 1 additive, 2 proportional, 3 combined.
+    ``sigma_add``/``sigma_prop`` per record (the endpoint's parameters).
+    """
+    is_log = kind_codes == 0
+    safe_f = jnp.where(mask, f, 1.0)
+    m = jnp.where(is_log, jnp.log(jnp.maximum(safe_f, 1e-300)), safe_f)
+    yy = jnp.where(is_log, jnp.log(jnp.where(mask & (y > 0), y, 1.0)), y)
+    lim = jnp.where(is_log, jnp.log(jnp.where(mask & (limit > 0), limit, 1.0)), limit)
+    sd = jnp.where(
+        (kind_codes == 0) | (kind_codes == 1),
+        sigma_add,
+        jnp.where(kind_codes == 2, sigma_prop * jnp.abs(safe_f),
+                  jnp.sqrt(sigma_add**2 + (sigma_prop * safe_f) ** 2)),
+    )
+    z_obs = (yy - m) / sd
+    ll_obs = -0.5 * z_obs**2 - jnp.log(sd) - 0.5 * jnp.log(2 * jnp.pi)
+    z_lim = (lim - m) / sd
+    ll = jnp.where(
+        cens == 1, jstats.norm.logcdf(z_lim), jnp.where(cens == -1, jstats.norm.logsf(z_lim), ll_obs)
+    )
+    return jnp.where(mask, ll, 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class StatModel:
+    """Structural model + IIV + covariates + residual error: the population model to fit.
+
+    Args:
+        model: the structural model.
+        endpoints: observed endpoints (DVID -> model output and error model).
+        iiv: parameters with a random effect (each is estimated).
+        fixed: parameter values held fixed (default: the model's defaults for the rest).
+        omega_blocks: groups of ``iiv`` names with correlated random effects (default diagonal).
+        covariates: covariate effects (cartkin._population PowerEffect/ExpEffect/
+            CategoricalEffect); their coefficients are estimated.
+    """
+
+    model: Model
+    endpoints: tuple[Endpoint, ...]
+    iiv: tuple[str, ...]
+    fixed: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    omega_blocks: tuple[tuple[str, ...], ...] = ()
+    covariates: tuple = ()
+
+    def __post_init__(self):
+        names = list(self.model.parameters)
+        for k in self.iiv:
+            if k not in names:
+                raise ValueError(f"iiv names unknown parameter {k!r}; parameters are {names}")
+        for k in self.fixed:
+            if k not in names:
+                raise ValueError(f"fixed names unknown parameter {k!r}; parameters are {names}")
+            if k in self.iiv:
+                raise ValueError(f"parameter {k!r} is both fixed and given IIV")
+        for blk in self.omega_blocks:
+            for k in blk:
+                if k not in self.iiv:
+                    raise ValueError(f"omega block member {k!r} has no IIV")
+        for e in self.covariates:
+            if e.parameter not in self.iiv:
+                raise ValueError(
+                    f"covariate effect on {e.parameter!r}: only parameters with IIV can carry "
+                    "covariate effects in this estimator"
+                )
+        for ep in self.endpoints:
+            if ep.output not in self.model.outputs:
+                raise ValueError(
+                    f"endpoint output {ep.output!r} is not an output of {self.model.name} "
+                    f"({list(self.model.outputs)})"
+                )
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        return tuple(self.model.parameters[k].domain for k in self.iiv)
+
+    def omega_mask(self) -> np.ndarray:
+        """Boolean (d, d): which Omega elements are estimated (diagonal + blocks)."""
+        d = len(self.iiv)
+        mask = np.eye(d, dtype=bool)
+        for blk in self.omega_blocks:
+            ix = [self.iiv.index(k) for k in blk]
+            mask[np.ix_(ix, ix)] = True
+        return mask
+
+    def n_sigma(self) -> int:
+        return sum(ERROR_MODELS[e.error] for e in self.endpoints)
+
+    def design(self, covariates: Mapping[str, np.ndarray], n: int) -> list[np.ndarray]:
+        """Per parameter j, the design matrix X_j (N, 1 + k_j): intercept and covariate columns."""
+        out = []
+        for name in self.iiv:
+            cols = [np.ones(n)]
+            for e in self.covariates:
+                if e.parameter != name:
+                    continue
+                if e.covariate not in covariates:
+                    raise ValueError(
+                        f"covariate {e.covariate!r} (effect on {name}) is not in the data; "
+                        f"data covariates: {list(covariates)}"
+                    )
+                x = np.asarray(covariates[e.covariate], float)
+                if type(e).__name__ == "PowerEffect":
+                    if np.any(x <= 0):
+                        raise ValueError(f"power effect of {e.covariate!r} needs positive values")
+                    cols.append(np.log(x / e.ref))
+                elif type(e).__name__ == "ExpEffect":
+                    cols.append(x - e.ref)
+                else:
+                    for lev in range(1, len(e.coefs) + 1):
+                        cols.append((x == lev).astype(float))
+            out.append(np.stack(cols, axis=1))
+        return out
+
+    def theta_from_phi(self, phi: jnp.ndarray) -> dict[str, jnp.ndarray]:
+        """Structural parameters of one subject from its phi (d,)."""
+        base = {k: p.default for k, p in self.model.parameters.items()} | dict(self.fixed)
+        th = {k: jnp.asarray(v, dtype=float) for k, v in base.items()}
+        for j, (k, dom) in enumerate(zip(self.iiv, self.domains)):
+            th[k] = from_unconstrained(dom, phi[j])
+        return th
+
+    def phi_from_theta(self, theta: Mapping[str, float]) -> np.ndarray:
+        return np.array(
+            [float(to_unconstrained(d, jnp.asarray(float(theta[k])))) for k, d in zip(self.iiv, self.domains)]
+        )
+
+
+def subject_loglik(stat, predict_one, phi, data_i, sigma_add, sigma_prop, kind_codes):
+    """log p(y_i | phi_i, sigma) of one subject (M3 included); -inf if the solve failed.
+
+    ``predict_one(phi, data_i) -> (f (T,), ok)``.
+    """
+    f, ok = predict_one(phi, data_i)
+    ll = residual_loglik(
+        kind_codes[data_i["endpoint"]], data_i["dv"], f, data_i["cens"], data_i["limit"],
+        sigma_add[data_i["endpoint"]], sigma_prop[data_i["endpoint"]], data_i["mask"],
+    ).sum()
+    return jnp.where(ok & jnp.isfinite(ll), ll, -jnp.inf)
+
+
+def eta_logprior(eta, omega_chol):
+    """log N(eta; 0, Omega) with Omega = L L^T."""
+    d = eta.shape[-1]
+    z = jax.scipy.linalg.solve_triangular(omega_chol, eta.reshape(-1, d).T, lower=True).T
+    z = z.reshape(eta.shape)
+    return -0.5 * jnp.sum(z**2, -1) - jnp.sum(jnp.log(jnp.diag(omega_chol))) - 0.5 * d * jnp.log(2 * jnp.pi)
+
+
+def kind_codes(endpoints: Sequence[Endpoint]) -> np.ndarray:
+    codes = {"log_additive": 0, "additive": 1, "proportional": 2, "combined": 3}
+    return np.array([codes[e.error] for e in endpoints])
+
+
+@dataclasses.dataclass(frozen=True)
+class SolverSettings:
+    """How ODE models are solved inside a fit (closed-form models ignore it)."""
+
+    solver: object = None
+    rtol: float = 1e-6
+    atol: float = 1e-9
+    max_steps: int = 4096
+
+
+def make_predictor(stat: StatModel, settings: SolverSettings = SolverSettings()):
+    """``predict_one(phi (d,), data_i) -> (f (T,), ok)``: predictions of one subject."""
+    import diffrax as dfx
+
+    from ._models.base import ClosedFormModel
+    from ._solve import Status, solve_patient
+
+    model = stat.model
+    solver = settings.solver
+    if solver is None and not isinstance(model, ClosedFormModel):
+        solver = dfx.Kvaerno5() if getattr(model, "stiff", False) else dfx.Tsit5()
+    outputs = [e.output for e in stat.endpoints]
+
+    def predict_one(phi, data_i):
+        theta = stat.theta_from_phi(phi)
+        controller = dfx.PIDController(rtol=settings.rtol, atol=settings.atol)
+        _, out, status = solve_patient(
+            model, theta, data_i["time"], data_i["ev_time"], data_i["ev_dose"],
+            data_i["ev_log_effect"], solver=solver, controller=controller,
+            max_steps=settings.max_steps,
+        )
+        F = jnp.stack([out[o] for o in outputs])  # (n_endpoints, T)
+        f = F[data_i["endpoint"], jnp.arange(F.shape[1])]
+        return f, status == Status.OK
+
+    return predict_one
+
+
+def data_arrays(data: FitData) -> dict[str, jnp.ndarray]:
+    """The per-subject arrays that ``predict_one`` and ``subject_loglik`` read (leading axis N)."""
+    return {
+        "time": jnp.asarray(data.time),
+        "dv": jnp.asarray(data.dv),
+        "cens": jnp.asarray(data.cens),
+        "limit": jnp.asarray(data.limit),
+        "endpoint": jnp.asarray(data.endpoint),
+        "mask": jnp.asarray(data.mask),
+        "ev_time": jnp.asarray(data.ev_time),
+        "ev_dose": jnp.asarray(data.ev_dose),
+        "ev_log_effect": jnp.asarray(data.ev_log_effect),
+    }
