@@ -27,11 +27,16 @@ Two published parameter sets (xenografts in NSG mice): HDLM-2 (Hodgkin lymphoma;
 and Raji (Burkitt lymphoma; :meth:`Barros2021.raji`). In the Raji set :math:`b = 0`
 (exponential tumour growth): it simulates, but ``b`` cannot be log-transformed for fitting there.
 No dose is part of the parameter sets; the infused number of cells is the user's regimen.
+Note that memory formation :math:`\epsilon C_T` is not subtracted from :math:`C_T` (as in our
+transcription of the equations), and that in the Raji set :math:`\phi = \rho` and
+:math:`\mu \approx 0`: once the tumour is cleared the effectors stay constant and the memory pool
+grows linearly without bound.
 
-Solver (measured with cartkin.simulate, rtol 1e-6, atol 1e-9, 201 points on 0-100 d, one
-infusion of 1e6 cells at day 0, CPU float64, median of 5 warm runs): HDLM-2 -- Tsit5 64 accepted
-steps, 0.3 ms, Kvaerno5 56 steps, 0.7 ms; Raji -- Tsit5 188 steps, 0.5 ms, Kvaerno5 154 steps,
-1.5 ms. Not stiff (``stiff = False``).
+Solver (measured by ``benchmarks/published_models_solvers.py``: rtol 1e-6, atol 1e-9, 0-100 d,
+one infusion of 1e6 cells at day 0, CPU float64 on 2 shared cores; steps accepted + rejected;
+times for 1 / 256 patients): HDLM-2 -- Tsit5 129 + 1 steps, 2 / 9 ms; Kvaerno5 201 + 122 steps,
+32 / 397 ms. Raji -- Tsit5 1,106 + 162 steps, 8 / 57 ms; Kvaerno5 1,274 + 1,285 steps,
+103 / 1,350 ms. Not stiff (``stiff = False``).
 """
 
 from __future__ import annotations
@@ -67,8 +72,16 @@ _PARAMETERS = {
 CELL_LINES: dict[str, dict[str, float]] = {
     "HDLM-2": {k: p.default for k, p in _PARAMETERS.items()},
     "Raji": {
-        "phi": 0.83, "rho": 0.830, "eps": 1.598, "theta": 2.3e-4, "alpha": 1.25e-8,
-        "mu": 6.89e-7, "r": 0.507, "b": 0.0, "gamma": 3.37e-8, "T0": 3e6,
+        "phi": 0.83,
+        "rho": 0.830,
+        "eps": 1.598,
+        "theta": 2.3e-4,
+        "alpha": 1.25e-8,
+        "mu": 6.89e-7,
+        "r": 0.507,
+        "b": 0.0,
+        "gamma": 3.37e-8,
+        "T0": 3e6,
     },
 }
 

@@ -46,18 +46,34 @@ are in no table: they were digitised from the post-therapy plateaus of Fig. 1b (
 so they are figure-derived, not printed values. Use :meth:`Hardiansyah2019.patient` for the
 UPN1 / UPN3 sets and :meth:`Hardiansyah2019.regimen` for the published 10/30/60% split infusion.
 
+With the published values the simulated peaks agree with those digitised from Fig. 1b within
+the digitisation error (x1.5 on the log axes) except UPN1's IL-10 peak, 915 pg/mL against 550
+(x1.66); see ``tests/test_hardiansyah2019_digitised.py``.
+
 Outputs: ``CART_pb`` (total CAR-T in blood, :math:`E_{pb} + M_{pb}`, :math:`10^9` cells),
 ``CARTM_pb`` (memory CAR-T in blood), ``CART_pb_conc`` (the same total in cells/uL, assuming a
 blood volume of ``blood_volume_l`` = 5 L -- our assumption, the paper gives no volume), ``B``,
 ``IL6``, ``IL10``, ``IFNg``.
 
-Solver (measured with cartkin.simulate, rtol 1e-6, atol 1e-9, saving 201 points on 0-400 d,
-published regimen, CPU float64, median of 5 warm runs, one patient): Tsit5 takes 5,450 (UPN1) and
-4,030 (UPN3) accepted steps, 1.9 / 1.5 ms; Kvaerno5 takes 156 / 146 steps, 2.1 / 1.9 ms. The
-explicit solver is step-size-limited by stability (:math:`k_{in} = 76.8`/d, :math:`d_E = 23`/d)
-over the long decline, so the model is marked ``stiff`` (Kvaerno5 default): it is about as fast
-here, takes 30x fewer steps, and is far less sensitive to faster parameter draws in a population
-(Tsit5 at rtol 1e-10 needs ~12,000 steps in the last segment, close to ``max_steps``).
+Solver (measured by ``benchmarks/published_models_solvers.py``: rtol 1e-6, atol 1e-9, published
+regimens, CPU float64 on 2 shared cores, so times are rough; steps are accepted + rejected):
+
+=========  ====================  ======================  ===========  ==============
+patient    solver                steps, 0-400 d          1 patient    256 patients
+=========  ====================  ======================  ===========  ==============
+UPN1       Tsit5                 10,878 + 2,060          72 ms        585 ms
+UPN1       Kvaerno5              644 + 577               117 ms       1,200 ms
+UPN3       Tsit5                 9,157 + 2,495           65 ms        517 ms
+UPN3       Kvaerno5              809 + 724               123 ms       1,585 ms
+=========  ====================  ======================  ===========  ==============
+
+Tsit5 is stability-limited (:math:`k_{in}` = 76.8 /d, :math:`d_E` = 23 /d): its steps grow with
+the horizon (0-730 d: 19,328 + 4,383 for UPN1, more than ``simulate``'s default ``max_steps`` =
+16,384 per segment, so the solve fails with MAX_STEPS), while Kvaerno5 needs 651 + 577 for 730 d.
+Hence ``stiff = True`` (Kvaerno5 by default): about 1.6-2.5x slower than Tsit5 on a 400-d CPU run,
+but robust to the horizon and to faster parameter draws. At rtol 1e-10, Tsit5 takes 12,374 + 1,747
+steps (UPN1, 400 d), Kvaerno5 4,885 + 4,567. Kvaerno5 rejects nearly one step per accepted step
+with the default PID controller; ``PIDController(pcoeff=0.3, icoeff=0.3)`` cuts UPN1 to 431 + 70.
 """
 
 from __future__ import annotations
@@ -110,12 +126,30 @@ _PARAMETERS = {
 #: Table S2 estimates, B0 (Fig. 2 caption) and digitised cytokine baselines, per patient.
 PATIENTS: dict[str, dict[str, float]] = {
     "UPN1": {
-        "P_IL6": 1.8e-3, "P_IL10": 7e-4, "P_IFNg": 3e-4, "rE": 16.16, "dE": 23.04,
-        "aE": 0.024, "KBC": 0.19, "B0": 4.14, "IL6_0": 1.7, "IL10_0": 4.5, "IFNg_0": 2.3,
+        "P_IL6": 1.8e-3,
+        "P_IL10": 7e-4,
+        "P_IFNg": 3e-4,
+        "rE": 16.16,
+        "dE": 23.04,
+        "aE": 0.024,
+        "KBC": 0.19,
+        "B0": 4.14,
+        "IL6_0": 1.7,
+        "IL10_0": 4.5,
+        "IFNg_0": 2.3,
     },
     "UPN3": {
-        "P_IL6": 6e-3, "P_IL10": 1.7e-2, "P_IFNg": 6e-3, "rE": 14.40, "dE": 1.44,
-        "aE": 0.12, "KBC": 2.21, "B0": 0.93, "IL6_0": 1.0, "IL10_0": 0.5, "IFNg_0": 1.7,
+        "P_IL6": 6e-3,
+        "P_IL10": 1.7e-2,
+        "P_IFNg": 6e-3,
+        "rE": 14.40,
+        "dE": 1.44,
+        "aE": 0.12,
+        "KBC": 2.21,
+        "B0": 0.93,
+        "IL6_0": 1.0,
+        "IL10_0": 0.5,
+        "IFNg_0": 1.7,
     },
 }
 
@@ -171,8 +205,9 @@ class Hardiansyah2019(ODEModel):
 
     def initial_state(self, theta):
         z = jnp.zeros_like(theta["B0"])
-        return jnp.stack([theta["B0"], z, z, z, z, theta["IL6_0"], theta["IL10_0"],
-                          theta["IFNg_0"]])
+        return jnp.stack(
+            [theta["B0"], z, z, z, z, theta["IL6_0"], theta["IL10_0"], theta["IFNg_0"]]
+        )
 
     def vector_field(self, t, y, theta):
         B, Epb, Et, Mpb, Mt, il6, il10, ifng = (y[i] for i in range(8))

@@ -31,9 +31,10 @@ survival simulations, as read from a public transcription). It is the one assume
 The paper's cure/progression analysis switches the tumour to a stochastic process below ~100
 cells; this class is the deterministic mean field only.
 
-Solver (measured with cartkin.simulate, rtol 1e-6, atol 1e-9, 201 points on 0-365 d, one
-infusion, CPU float64, median of 5 warm runs): Tsit5 takes 117 accepted steps, 0.4 ms; Kvaerno5
-takes 81 steps, 0.9 ms. The model is not stiff (``stiff = False``).
+Solver (measured by ``benchmarks/published_models_solvers.py``: rtol 1e-6, atol 1e-9, 0-365 d,
+published infusion, CPU float64 on 2 shared cores; steps accepted + rejected): Tsit5 234 + 12
+steps, 2 ms for one patient, 17 ms for 256; Kvaerno5 672 + 577 steps, 52 ms / 568 ms. Not stiff
+(``stiff = False``).
 """
 
 from __future__ import annotations
