@@ -171,7 +171,7 @@ class Dataset:
         """One :class:`Subject` per ID, in file order (observations of ``dvid`` only if given)."""
         rec = self.records()
         bound = _censoring_bound(rec, self.meta.endpoints)
-        obs_all = is_observation(rec).to_numpy()
+        obs_all = is_observation(rec).to_numpy().copy()
         if dvid is not None:
             if dvid not in self.endpoints:
                 raise DataError(f"{self.name} has no endpoint DVID {dvid}; endpoints: "
@@ -270,7 +270,7 @@ class Dataset:
         d_old, d_new = parse_unit(old)[0], parse_unit(unit)[0]
         frame = self.frame.copy()
         rec = complete_records(frame)
-        dose = np.isin(rec["EVID"], DOSE_EVIDS).to_numpy()
+        dose = np.isin(rec["EVID"], DOSE_EVIDS)
         if d_old == d_new:
             f = np.full(len(frame), conversion_factor(old, unit))
         elif {d_old, d_new} == {"cells", "cells/kg"}:
@@ -281,8 +281,15 @@ class Dataset:
             if col in frame:
                 pos = dose & (frame[col].to_numpy(float) > 0)
                 frame.loc[pos, col] = frame.loc[pos, col].to_numpy(float) * f[pos]
-        cols = {h: (dataclasses.replace(c, unit=unit) if c.role == "AMT" else c)
-                for h, c in self.meta.columns.items()}
+        cols = {}
+        for h, c in self.meta.columns.items():
+            if c.role == "AMT":
+                c = dataclasses.replace(c, unit=unit)
+            elif c.role == "RATE" and c.unit is not None:
+                # amount per time: keep the time unit when the rate is written "<AMT unit>/<t>"
+                amount, _, per = c.unit.rpartition("/")
+                c = dataclasses.replace(c, unit=f"{unit}/{per}" if amount == old else None)
+            cols[h] = c
         note = f"AMT converted from {old} to {unit}" + (f" with weight {weight}" if weight else "")
         return dataclasses.replace(self, frame=frame, meta=self.meta.replace(columns=cols),
                                    notes=(*self.notes, note))
