@@ -220,6 +220,7 @@ def importance_sample(stat, predict_one, data, X, params, post_mean, post_cov, c
         "score": score,
         "ebe": ebe,
         "ebe_sd": np.sqrt(np.maximum(np.diagonal(ebe_cov, axis1=1, axis2=2), 0.0)),
+        "ebe_cov": ebe_cov,
         "layout": layout,
         "psi": np.asarray(psi_hat),
     }
