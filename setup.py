@@ -20,7 +20,8 @@ class BuildPyWithData(build_py):
         if getattr(self, "editable_mode", False):
             return  # an editable install reads data/ from the checkout
         target = Path(self.build_lib) / "cartkin" / "_data" / "bundled"
-        target.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(target, ignore_errors=True)  # no stale files from an earlier build
+        target.mkdir(parents=True)
         for f in sorted(DATA.iterdir()):
             if f.is_file() and f.suffix in SUFFIXES:
                 shutil.copyfile(f, target / f.name)

@@ -28,10 +28,12 @@ from ._data.registry import catalog as catalog
 from ._data.registry import data_dir as data_dir
 from ._data.registry import load as load
 from ._data.registry import sidecar as sidecar
+from ._data.sidecar import STANDARD_ENDPOINTS as STANDARD_ENDPOINTS
 from ._data.sidecar import ColumnSpec as ColumnSpec
 from ._data.sidecar import Endpoint as Endpoint
 from ._data.sidecar import Sidecar as Sidecar
 from ._data.sidecar import read_sidecar as read_sidecar
+from ._data.sidecar import standard_endpoint as standard_endpoint
 from ._data.sidecar import write_sidecar as write_sidecar
 from ._data.tables import ParameterSet as ParameterSet
 from ._data.tables import Table as Table

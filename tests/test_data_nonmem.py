@@ -6,7 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cartkin.data import DataError, dataset_from_frame, read_nonmem, to_csv_text, write_nonmem
+from cartkin.data import (
+    DataError,
+    Sidecar,
+    dataset_from_frame,
+    read_nonmem,
+    standard_endpoint,
+    to_csv_text,
+    write_nonmem,
+)
 
 FULL = """\
 ID,TIME,DV,AMT,EVID,MDV,CMT,RATE,CENS,LIMIT,OCC,DVID,WT,CRP,USUBJID
@@ -182,3 +190,18 @@ def test_unit_conversions_are_explicit(full):
     assert per_kg.frame.loc[12, "RATE"] == pytest.approx(1e8 / 70)
     back = per_kg.convert_doses("1e6 cells", weight="WT")
     assert back.frame.loc[4, "AMT"] == pytest.approx(127.0)
+
+
+def test_standard_endpoints_and_quoted_text(tmp_path):
+    eps = {1: standard_endpoint("transgene", 1, lloq=50), 3: standard_endpoint("il6", 3)}
+    assert eps[1].unit == "copies/ug" and eps[3].unit == "pg/mL" and eps[1].log_scale
+    with pytest.raises(DataError, match="has no usual unit: pass unit="):
+        standard_endpoint("tumour", 5)
+    frame = pd.DataFrame({"ID": [1, 1], "TIME": [1.0, 2.0], "DV": [60.0, 4.5], "DVID": [1, 3],
+                          "SITE": ["Basel, CH", '"quoted"']})
+    side = Sidecar(endpoints=eps, columns={"SITE": Sidecar.from_dict(
+        {"columns": {"SITE": {"role": "drop"}}}).columns["SITE"]})
+    ds = dataset_from_frame(frame, side)
+    write_nonmem(ds, tmp_path / "q.csv")
+    again = read_nonmem(tmp_path / "q.csv")
+    assert again.equals(ds) and again.frame["SITE"].tolist() == ["Basel, CH", '"quoted"']

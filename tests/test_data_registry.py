@@ -83,6 +83,9 @@ def test_lisocel_parameters():
     assert p.typical["thalf_slow"] == 352 and p.intervals["Td"] == (0.667, 0.821)
     with pytest.raises(DataError, match="has no random effects"):
         data.load("lisocel_parameters", omega_reading="sd")
+    pop = p.population()  # Cmax and F stay at the model's own (assumed) defaults
+    assert pop.model.name == "LisoCel"
+    assert float(pop.theta["Td"]) == 0.755 and pop.eta_names == ()
 
 
 def test_sidecars_are_valid_json_with_status_words():

@@ -250,6 +250,32 @@ def _parse_endpoint(key, spec, problems) -> Endpoint | None:
                     limits["lloq"], limits["uloq"], log_scale, spec.get("description", ""))
 
 
+#: usual CAR-T endpoints: name -> (unit, log scale, description). A suggestion to copy into a
+#: sidecar through :func:`standard_endpoint`, never applied to a file that does not state it.
+STANDARD_ENDPOINTS = {
+    "transgene": ("copies/ug", True, "CAR transgene copies per ug genomic DNA (qPCR)"),
+    "car_cells": ("cells/uL", True, "CAR+ T cells per uL of blood (flow cytometry)"),
+    "il6": ("pg/mL", True, "interleukin-6 in serum"),
+    "il10": ("pg/mL", True, "interleukin-10 in serum"),
+    "ifng": ("pg/mL", True, "interferon-gamma in serum"),
+    "tumour": (None, True, "tumour burden (state the measure and its unit: e.g. SPD in mm^2, "
+               "marrow blasts in %, circulating B cells in 1e9 cells)"),
+}
+
+
+def standard_endpoint(name: str, dvid: int, *, lloq: float | None = None,
+                      unit: str | None = None) -> Endpoint:
+    """An :class:`Endpoint` for one of :data:`STANDARD_ENDPOINTS` (``unit`` overrides; tumour
+    burden has no usual unit and needs one)."""
+    if name not in STANDARD_ENDPOINTS:
+        raise DataError(f"unknown standard endpoint {name!r}; known: "
+                        f"{', '.join(STANDARD_ENDPOINTS)} (or build an Endpoint yourself)")
+    u, log_scale, description = STANDARD_ENDPOINTS[name]
+    if (unit or u) is None:
+        raise DataError(f"endpoint {name!r} has no usual unit: pass unit=")
+    return Endpoint(dvid, name, unit or u, lloq, None, log_scale, description)
+
+
 def find_sidecar(csv_path) -> Path | None:
     """``x.json`` or ``x.toml`` next to ``x.csv``, if there is one."""
     p = Path(csv_path)
