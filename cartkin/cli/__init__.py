@@ -22,13 +22,13 @@ def _use_all_cores() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     _use_all_cores()
-    from . import pipeline, simulate
+    from . import fit, pipeline, simulate
 
     parser = argparse.ArgumentParser(
         prog="cartkin", description="Population pharmacology of CAR-T cell therapy."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for mod in (simulate, pipeline):
+    for mod in (simulate, fit, pipeline):
         mod.add_parser(sub)
     args = parser.parse_args(argv)
     try:

@@ -1,0 +1,217 @@
+"""Fit configurations: one TOML file in fits/ parses once into a frozen :class:`FitConfig`.
+
+Example (``fits/stein2019.toml``)::
+
+    [data]
+    name = "stein2019_sim200"        # a bundled dataset, or: path = "cohort.csv"
+
+    [model]
+    name = "stein2019"                # any model of cartkin (see `cartkin simulate --model`)
+
+    [[endpoints]]
+    dvid = 1
+    output = "C"
+    error = "log_additive"            # log_additive | additive | proportional | combined
+    sigma = 0.5                       # initial SD (and sigma_prop for combined)
+
+    [parameters]
+    estimate = { Cmax = 20000, Tmax = 8.0 }   # initial typical values; these get IIV
+    fixed = { Fexp = 1.0 }                    # held at these values (others: model defaults)
+
+    [iiv]
+    omega = { Cmax = 0.3, Tmax = 0.1 }        # initial variances (default 0.25)
+    blocks = [["Cmax", "Tmax"]]               # correlated random effects (default diagonal)
+
+    [[covariates]]
+    parameter = "Cmax"
+    covariate = "WT"
+    effect = "power"                          # power | exponential | categorical
+    ref = 70
+
+    [method]                                  # all optional
+    seed = 1
+    saem = { k1 = 200, k2 = 100 }
+    importance = { target_se = 0.5 }
+    solver = { name = "tsit5", rtol = 1e-6, atol = 1e-9 }
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from .._likelihood import Endpoint, FitData, SolverSettings, StatModel
+from .._models.registry import get_model
+from .._population import CategoricalEffect, ExpEffect, PowerEffect
+from .importance import ISOptions
+from .saem import SAEMOptions
+
+_SECTIONS = {"data", "model", "endpoints", "parameters", "iiv", "covariates", "method", "title", "description"}
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    """A parsed fit configuration (immutable)."""
+
+    source: str
+    title: str
+    data_name: str | None
+    data_path: str | None
+    stat: StatModel
+    init: Mapping[str, float]
+    omega_init: Mapping[str, float]
+    sigma_init: Mapping[str, float]
+    saem: SAEMOptions
+    importance: ISOptions
+    settings: SolverSettings
+    raw: Mapping
+
+
+def _err(path, msg):
+    return ValueError(f"{path}: {msg}")
+
+
+def _only(path, section, table, allowed):
+    unknown = set(table) - set(allowed)
+    if unknown:
+        raise _err(path, f"unknown key(s) {sorted(unknown)} in [{section}]; allowed: {sorted(allowed)}")
+
+
+def load_config(path: str | Path) -> FitConfig:
+    """Parse and check a fit TOML file; every error names the file and the key."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"fit configuration {path} not found")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise _err(path, f"not valid TOML: {e}") from None
+    _only(path, "top level", raw, _SECTIONS)
+    for s in ("data", "model", "endpoints", "parameters"):
+        if s not in raw:
+            raise _err(path, f"missing section [{s}]")
+    data = raw["data"]
+    _only(path, "data", data, {"name", "path", "sidecar"})
+    if ("name" in data) == ("path" in data):
+        raise _err(path, "[data] needs exactly one of name (bundled dataset) or path (CSV file)")
+    data_path = None
+    if "path" in data:
+        data_path = str((path.parent / data["path"]).resolve())
+    mdl = raw["model"]
+    _only(path, "model", mdl, {"name", "options"})
+    try:
+        model = get_model(mdl["name"], **mdl.get("options", {}))
+    except (ValueError, TypeError) as e:
+        raise _err(path, f"[model]: {e}") from None
+    eps, sig = [], {}
+    for i, ep in enumerate(raw["endpoints"]):
+        _only(path, f"endpoints #{i + 1}", ep, {"dvid", "output", "error", "sigma", "sigma_prop"})
+        try:
+            e = Endpoint(ep["output"], int(ep.get("dvid", 1)), ep.get("error", "log_additive"))
+        except KeyError as k:
+            raise _err(path, f"[[endpoints]] #{i + 1} needs {k}") from None
+        except ValueError as v:
+            raise _err(path, f"[[endpoints]] #{i + 1}: {v}") from None
+        eps.append(e)
+        sig[e.output] = float(ep.get("sigma", 0.5))
+        sig[e.output + "_prop"] = float(ep.get("sigma_prop", 0.2))
+    par = raw["parameters"]
+    _only(path, "parameters", par, {"estimate", "fixed"})
+    est = {k: float(v) for k, v in par.get("estimate", {}).items()}
+    fixed = {k: float(v) for k, v in par.get("fixed", {}).items()}
+    for k, v in {**est, **fixed}.items():
+        if k not in model.parameters:
+            raise _err(path, f"[parameters] names {k!r}, not a parameter of {model.name} "
+                             f"({list(model.parameters)})")
+        dom = model.parameters[k].domain
+        if (dom == "positive" and v <= 0) or (dom == "unit" and not 0 < v < 1) or not np.isfinite(v):
+            raise _err(path, f"[parameters] {k} = {v} is outside its domain ({dom})")
+    iiv = raw.get("iiv", {})
+    _only(path, "iiv", iiv, {"omega", "blocks"})
+    omega = {k: float(v) for k, v in iiv.get("omega", {}).items()}
+    for k, v in omega.items():
+        if k not in est:
+            raise _err(path, f"[iiv] omega names {k!r}, which is not under [parameters] estimate")
+        if v <= 0:
+            raise _err(path, f"[iiv] omega {k} = {v}: an initial variance must be positive")
+    effects = []
+    for i, c in enumerate(raw.get("covariates", [])):
+        _only(path, f"covariates #{i + 1}", c, {"parameter", "covariate", "effect", "ref", "levels"})
+        kind = c.get("effect", "power")
+        try:
+            if kind == "power":
+                effects.append(PowerEffect(c["parameter"], c["covariate"], float(c["ref"]), 0.0))
+            elif kind == "exponential":
+                effects.append(ExpEffect(c["parameter"], c["covariate"], float(c.get("ref", 0.0)), 0.0))
+            elif kind == "categorical":
+                effects.append(CategoricalEffect(c["parameter"], c["covariate"], (0.0,) * (int(c["levels"]) - 1)))
+            else:
+                raise _err(path, f"[[covariates]] #{i + 1}: unknown effect {kind!r} "
+                                 "(power, exponential, categorical)")
+        except KeyError as k:
+            raise _err(path, f"[[covariates]] #{i + 1} needs {k}") from None
+    try:
+        stat = StatModel(model, tuple(eps), iiv=tuple(est), fixed=fixed,
+                         omega_blocks=tuple(tuple(b) for b in iiv.get("blocks", [])),
+                         covariates=tuple(effects))
+    except ValueError as e:
+        raise _err(path, str(e)) from None
+    meth = raw.get("method", {})
+    _only(path, "method", meth, {"seed", "saem", "importance", "solver"})
+    seed = int(meth.get("seed", 1))
+    try:
+        saem = SAEMOptions(**{"seed": seed, **meth.get("saem", {})})
+        imp = ISOptions(**{"seed": seed + 1, **meth.get("importance", {})})
+    except TypeError as e:
+        raise _err(path, f"[method]: {e}") from None
+    solver = dict(meth.get("solver", {}))
+    name = solver.pop("name", None)
+    import diffrax as dfx
+
+    solvers = {"tsit5": dfx.Tsit5, "dopri5": dfx.Dopri5, "dopri8": dfx.Dopri8, "kvaerno5": dfx.Kvaerno5}
+    if name is not None and name.lower() not in solvers:
+        raise _err(path, f"[method] solver name {name!r} unknown; choose from {list(solvers)}")
+    try:
+        settings = SolverSettings(solver=solvers[name.lower()]() if name else None, **solver)
+    except TypeError as e:
+        raise _err(path, f"[method] solver: {e}") from None
+    return FitConfig(
+        source=str(path), title=str(raw.get("title", path.stem)), data_name=data.get("name"),
+        data_path=data_path, stat=stat, init=est, omega_init=omega, sigma_init=sig,
+        saem=saem, importance=imp, settings=settings, raw=raw,
+    )
+
+
+def fitdata_from_dataset(ds, stat: StatModel) -> FitData:
+    """The fit's arrays from a validated :class:`cartkin.data.Dataset`.
+
+    Every observed DVID must be one of the fit's endpoints; doses (AMT, cells) become the event
+    table of each subject.
+    """
+    eps = {e.dvid: i for i, e in enumerate(stat.endpoints)}
+    arr = ds.to_arrays()
+    observed = set(np.unique(arr.dvid[arr.mask]).tolist())
+    missing = observed - set(eps)
+    if missing:
+        raise ValueError(
+            f"{ds.name}: observations with DVID {sorted(missing)} have no [[endpoints]] entry in "
+            f"the fit (endpoints: {sorted(eps)}); add one or remove those records"
+        )
+    endpoint = np.vectorize(lambda v: eps.get(int(v), 0))(arr.dvid)
+    limit = np.where(arr.cens != 0, arr.dv, np.nan)
+    names = list(stat.model.parameters)
+    n, D = arr.dose_time.shape
+    ev_time = np.where(arr.dose_mask, arr.dose_time, 1e30)
+    ev_dose = np.where(arr.dose_mask, arr.dose_amt, 0.0)
+    for i in range(n):
+        order = np.argsort(ev_time[i], kind="stable")
+        ev_time[i], ev_dose[i] = ev_time[i][order], ev_dose[i][order]
+    return FitData(
+        ids=arr.id, time=arr.time, dv=arr.dv, cens=arr.cens, limit=np.nan_to_num(limit, nan=1.0),
+        endpoint=endpoint, mask=arr.mask, ev_time=ev_time, ev_dose=ev_dose,
+        ev_log_effect=np.zeros((n, D, len(names))), covariates=dict(arr.covariates),
+    )
