@@ -149,7 +149,9 @@ def simulate_cohort(
     pop = parameters.population(model, covariates={"WT": weight})
     model = pop.model
     out = next(iter(model.outputs))
-    sd = float(parameters.residual.get("ln_sd", 0.0)) if residual_sd is None else residual_sd
+    if residual_sd is None and "ln_sd" not in parameters.residual:
+        raise DataError(f"{parameters.name} states no ln-scale residual error: pass residual_sd=")
+    sd = float(parameters.residual["ln_sd"]) if residual_sd is None else float(residual_sd)
     theta, covs, eta = pop.sample(n, seed)
 
     nominal = np.array([v.day for v in schedule], float)

@@ -322,12 +322,12 @@ def _censoring_bound(rec: pd.DataFrame, endpoints) -> np.ndarray:
     """DV, or on a censored record with DV missing, the LLOQ column or the endpoint's limit."""
     dv = rec["DV"].to_numpy(float).copy()
     cens, lloq = rec["CENS"].to_numpy(float), rec["LLOQ"].to_numpy(float)
+    dvid = rec["DVID"].to_numpy(float)
     for i in np.flatnonzero(np.isnan(dv) & (cens != 0)):
-        ep = endpoints.get(int(rec["DVID"].iat[i])) if rec["DVID"].iat[i] == rec["DVID"].iat[i] \
-            else None
+        ep = endpoints.get(int(dvid[i])) if np.isfinite(dvid[i]) else None
         if cens[i] == 1:
-            dv[i] = lloq[i] if np.isfinite(lloq[i]) else (ep.lloq if ep and ep.lloq else np.nan)
+            stated = ep.lloq if ep is not None and ep.lloq is not None else np.nan
+            dv[i] = lloq[i] if np.isfinite(lloq[i]) else stated
         else:
-            dv[i] = ep.uloq if ep and ep.uloq else np.nan
+            dv[i] = ep.uloq if ep is not None and ep.uloq is not None else np.nan
     return dv
-

@@ -52,13 +52,12 @@ def check_records(frame: pd.DataFrame, meta: Sidecar, problems: ProblemList,
     good = ~np.isin(lines, list(bad_lines))
     notes: list[str] = []
 
-    def each(mask, column, message, expected, value=None):
+    def each(mask, column, message, expected):
+        """A problem on every (parseable) record in ``mask``, showing the value as in the file
+        (the NONMEM default when the column is absent)."""
+        source = frame if column in frame else rec
         for line in lines[np.asarray(mask) & good]:
-            if value is not None:
-                v = value(line)
-            else:  # the value as in the file; the default when the column is absent
-                v = (frame if column in frame else rec).at[line, column]
-            problems.add(int(line), column, v, message, expected)
+            problems.add(int(line), column, source.at[line, column], message, expected)
 
     ids, times = rec["ID"].to_numpy(float), rec["TIME"].to_numpy(float)
     each(np.isnan(ids), "ID", "ID is missing", "an integer subject identifier")
