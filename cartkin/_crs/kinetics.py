@@ -1,0 +1,201 @@
+"""The kinetic side of a CRS scenario: a virtual population with parameter uncertainty, and its
+simulation on the exposure grid.
+
+:class:`KineticPopulation` holds typical values, between-patient variability (Omega, variances on
+each parameter's natural scale), the uncertainty of the typical values (standard errors on the
+same scale, or a covariance from a fit) and the tumour-burden parameter, whose variability is the
+burden distribution of the population. Draw ``s`` of the typical values comes from
+``fold_in(key, s)`` and patient ``i`` of draw ``s`` from ``fold_in(fold_in(key', s), i)``
+(:meth:`cartkin._population.Population.sample`), so results do not depend on how draws and
+patients are split into batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import diffrax as dfx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._models.base import Model
+from .._population import (
+    LogNormalCovariate,
+    Population,
+    from_unconstrained,
+    individual_parameters,
+    to_unconstrained,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class KineticPopulation:
+    """A model's virtual population for CRS predictions.
+
+    Args:
+        model: a cartkin ODE model with IL-6, CAR-T and tumour outputs.
+        typical: typical values (others: the model's defaults).
+        omega: ``{name: variance}`` of the random effects on the natural scale, or
+            ``(names, covariance)``; include the burden parameter to give the population a
+            burden distribution (log-normal).
+        uncertainty: ``{name: standard error}`` of the typical values on the natural scale
+            (independent), or ``(names, covariance)``; empty for none.
+        burden: the parameter that is the baseline tumour burden (fixed by burden profiles).
+        weight: ``(median kg, CV)`` of body weight, used only for doses in cells/kg.
+    """
+
+    model: Model
+    typical: Mapping[str, float]
+    omega: object
+    uncertainty: object = dataclasses.field(default_factory=dict)
+    burden: str = "B0"
+    weight: tuple[float, float] = (70.0, 0.2)
+
+    def __post_init__(self):
+        params = self.model.parameters
+        omega_names = self.omega if isinstance(self.omega, Mapping) else self.omega[0]
+        for what, names in (("typical", self.typical), ("omega", omega_names)):
+            unknown = [k for k in names if k not in params]
+            if unknown:
+                raise ValueError(f"{what} names unknown parameter(s) {unknown} of {self.model.name}")
+        if self.burden not in params:
+            raise ValueError(f"burden parameter {self.burden!r} is not a parameter of {self.model.name}")
+        names, cov = self.uncertainty_matrix()
+        unknown = [k for k in names if k not in params]
+        if unknown:
+            raise ValueError(f"uncertainty names unknown parameter(s) {unknown} of {self.model.name}")
+        if np.any(np.linalg.eigvalsh(cov) < -1e-12) if len(names) else False:
+            raise ValueError("the uncertainty covariance must be positive semi-definite")
+
+    def uncertainty_matrix(self):
+        u = self.uncertainty
+        if isinstance(u, Mapping):
+            names = tuple(u)
+            return names, np.diag([float(u[k]) ** 2 for k in names])
+        names, cov = u
+        return tuple(names), np.asarray(cov, float)
+
+    @property
+    def has_uncertainty(self) -> bool:
+        names, cov = self.uncertainty_matrix()
+        return len(names) > 0 and bool(np.any(np.diag(cov) > 0))
+
+    def typical_theta(self) -> dict[str, float]:
+        th = self.model.default_theta(**dict(self.typical))
+        return {k: float(v) for k, v in th.items()}
+
+    def draw_typical(self, key, draws: int) -> list[dict[str, float]]:
+        """``draws`` sets of typical values; draw s depends only on ``key`` and s."""
+        base = self.typical_theta()
+        names, cov = self.uncertainty_matrix()
+        if not len(names):
+            return [dict(base) for _ in range(draws)]
+        chol = jnp.asarray(np.linalg.cholesky(cov + 1e-300 * np.eye(len(names))))
+        z = jax.vmap(lambda s: chol @ jax.random.normal(jax.random.fold_in(key, s), (len(names),)))(
+            jnp.arange(draws)
+        )
+        z = np.asarray(z)
+        out = []
+        for s in range(draws):
+            th = dict(base)
+            for j, k in enumerate(names):
+                dom = self.model.parameters[k].domain
+                th[k] = float(from_unconstrained(dom, to_unconstrained(dom, base[k]) + z[s, j]))
+            out.append(th)
+        return out
+
+    def population(self, typical: Mapping[str, float]) -> Population:
+        wt_median, wt_cv = self.weight
+        return Population(
+            self.model, dict(typical),
+            omega=dict(self.omega) if isinstance(self.omega, Mapping) else self.omega,
+            covariates={"WT": LogNormalCovariate(wt_median, wt_cv)},
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class SolveSettings:
+    """Exposure grid and solver for the CRS window.
+
+    Tsit5 is the default here although the Hardiansyah model is marked stiff: over a 28-day
+    window it is stability-limited at about 830 steps per patient but each step is cheap, and on
+    the CPU it measured 8-20x faster than Kvaerno5 at the same accuracy of the metrics (peak
+    IL-6 within 1e-4 of an rtol 1e-8 reference).
+    """
+
+    window: float = 28.0
+    step: float = 0.25
+    solver: dfx.AbstractSolver | None = dataclasses.field(default_factory=dfx.Tsit5)
+    rtol: float = 1e-5
+    atol: float = 1e-8
+    max_steps: int = 16384
+    block: int = 8192
+    chunk_size: int | None = None
+    devices: Sequence | None = None
+
+    def __post_init__(self):
+        if not self.window > 0 or not 0 < self.step <= self.window:
+            raise ValueError(f"exposure window {self.window} d and step {self.step} d must be positive, step <= window")
+        if self.block < 1:
+            raise ValueError(f"block must be a positive number of patients, got {self.block}")
+
+    @property
+    def times(self) -> np.ndarray:
+        n = int(round(self.window / self.step))
+        return np.linspace(0.0, n * self.step, n + 1)
+
+    def simulate(self, model, theta, regimens, weight):
+        from .._simulate import simulate
+
+        return simulate(
+            model, theta, self.times, list(regimens), weight=weight, solver=self.solver,
+            rtol=self.rtol, atol=self.atol, max_steps=self.max_steps, chunk_size=self.chunk_size,
+            devices=self.devices, progress=False,
+        )
+
+
+class BlockSampler:
+    """Patients of many draws in one compiled call, identical to
+    :meth:`cartkin._population.Population.sample` for each draw.
+
+    Draw ``s`` has typical values ``typicals[s]`` and key ``fold_in(key, s)``; its patient ``i``
+    comes from ``fold_in(fold_in(key, s), i)`` exactly as in ``Population.sample``, so a block
+    of rows (draw, patient) can mix draws and start anywhere. (Calling ``Population.sample``
+    once per draw would compile once per draw.)
+    """
+
+    def __init__(self, kin: KineticPopulation, typicals: Sequence[Mapping[str, float]], key):
+        pop = kin.population(typicals[0])
+        self.model = kin.model
+        self.names = list(kin.model.parameters)
+        self.typ = jnp.asarray([[t[k] for k in self.names] for t in typicals], float)
+        eta_names = pop.eta_names
+        chol = jnp.asarray(np.linalg.cholesky(pop.omega_matrix + 1e-300 * np.eye(len(eta_names))))
+        cov_items = list(pop.covariates.items())
+        model, names = self.model, self.names
+
+        def one(typ_row, s, i):
+            k = jax.random.fold_in(jax.random.fold_in(key, s), i)
+            k_eta, k_cov = jax.random.split(k)
+            eta = chol @ jax.random.normal(k_eta, (len(eta_names),))
+            covs = {c: dist.sample(jax.random.fold_in(k_cov, j)) for j, (c, dist) in enumerate(cov_items)}
+            theta = {n: typ_row[j] for j, n in enumerate(names)}
+            return individual_parameters(model, theta, eta, eta_names, covs, ()), covs
+
+        self._fn = jax.jit(jax.vmap(one))
+
+    def rows(self, draw, index):
+        """Patients ``index[r]`` of draws ``draw[r]``: ``(theta {name: (R,)}, covariates)``."""
+        draw = np.asarray(draw, int)
+        th, cov = self._fn(self.typ[draw], jnp.asarray(draw), jnp.asarray(index, int))
+        return {k: np.asarray(v) for k, v in th.items()}, {k: np.asarray(v) for k, v in cov.items()}
+
+    def block(self, n: int, lo: int, hi: int):
+        """Rows ``lo .. hi-1`` of the flattened (draw, patient) index with ``n`` patients per
+        draw: ``(theta, weight (B,), draw (B,))``."""
+        flat = np.arange(lo, hi)
+        draw, index = flat // n, flat % n
+        th, cov = self.rows(draw, index)
+        return th, cov["WT"], draw

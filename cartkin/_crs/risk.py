@@ -1,0 +1,374 @@
+"""Dose-risk prediction: P(CRS >= 2), P(CRS >= 3) and P(response) per dose, with 90% intervals.
+
+For every draw ``s`` of the uncertain quantities (typical kinetic values, and the link calibrated
+to the aggregated rates under those kinetics, then drawn from its Laplace posterior), ``n``
+virtual patients are simulated at every dose of the grid; per draw the risk is the mean over
+patients of P(G >= k | patient) (the link's probability, not a sampled grade), and the table
+reports the mean over draws and the 5th and 95th percentiles (90% interval). Patients are the
+same at every dose, regimen and burden profile (common random numbers), so differences between
+rows are not Monte Carlo noise.
+
+Scenarios: the base regimen, a fractionated alternative, tocilizumab rules
+(:mod:`cartkin._crs.rules`), and burden profiles (the burden parameter fixed at given values,
+everything else as in the population).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from .._regimen import Dose, Intervention, Regimen
+from .calibrate import AggregateCohort, Calibration, Prior, calibrate, calibrate_batch, fit_table
+from .kinetics import BlockSampler, KineticPopulation, SolveSettings
+from .metrics import ExposureOutputs, final_metrics, response
+from .rules import (
+    Tocilizumab,
+    probs_grade_rule,
+    probs_il6_rule,
+    probs_prophylactic,
+    probs_untreated,
+    resimulate_after_trigger,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class LinkSpec:
+    """Which metrics the link uses, the prior on its slopes, and where the model keeps them."""
+
+    metrics: tuple[str, ...] = ("log_peak_il6",)
+    prior: Prior = dataclasses.field(
+        default_factory=lambda: Prior({"log_peak_il6": 1.0}, {"log_peak_il6": 0.5})
+    )
+    outputs: ExposureOutputs = dataclasses.field(default_factory=ExposureOutputs)
+
+
+@dataclasses.dataclass(frozen=True)
+class DoseRiskSpec:
+    """The dose grid, scenarios, limit and Monte Carlo sizes of a dose-risk prediction."""
+
+    doses: tuple[float, ...]
+    per_kg: bool = False
+    fractions: tuple[float, ...] = (1.0,)
+    fraction_times: tuple[float, ...] = (0.0,)
+    fractionated: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    tocilizumab: tuple[Tocilizumab, ...] = ()
+    burden_profiles: tuple[float, ...] = ()
+    limit: float = 0.10
+    response_reduction: float = 0.5
+    response_target: float | None = 0.5
+    draws: int = 40
+    patients: int = 100
+    calibration_patients: int = 100
+    point_patients: int = 1000
+    seed: int = 1
+
+    def __post_init__(self):
+        d = np.asarray(self.doses, float)
+        if d.ndim != 1 or d.size == 0 or np.any(~np.isfinite(d)) or np.any(d <= 0):
+            raise ValueError(f"doses must be positive numbers, got {list(self.doses)}")
+        if np.any(np.diff(d) <= 0):
+            raise ValueError("doses must be strictly increasing")
+        if not 0 < self.limit < 1:
+            raise ValueError(f"the limit on P(CRS >= 3) must be in (0, 1), got {self.limit}")
+        for name in ("draws", "patients", "calibration_patients", "point_patients"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if any(b <= 0 for b in self.burden_profiles):
+            raise ValueError(f"burden profiles must be positive, got {list(self.burden_profiles)}")
+        Regimen.fractionated(1.0, self.fractions, self.fraction_times)  # validates
+        if self.fractionated is not None:
+            Regimen.fractionated(1.0, *self.fractionated)
+
+    def regimens(self, kind: str, toci_at_zero: Tocilizumab | None = None) -> list[Regimen]:
+        fr, ft = (self.fractions, self.fraction_times) if kind == "base" else self.fractionated
+        base = Regimen.fractionated(1.0, fr, ft, per_kg=self.per_kg)
+        regs = [base.scaled(d) for d in self.doses]
+        if toci_at_zero is not None:
+            iv = Intervention(0.0, toci_at_zero.kinetic_effects, "tocilizumab")
+            regs = [r.with_intervention(iv) for r in regs]
+        return regs
+
+
+def _regimen_label(fr, ft) -> str:
+    if len(fr) == 1:
+        return "single infusion" if ft[0] == 0 else f"single infusion on day {ft[0]:g}"
+    pct = "/".join(f"{100 * f:g}" for f in fr)
+    return f"fractionated {pct}% on days {','.join(f'{t:g}' for t in ft)}"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Group:
+    """One set of solves: a burden profile and a regimen set, with the rules evaluated on it."""
+
+    profile: float | None
+    kind: str
+    rules: tuple[Tocilizumab | None, ...]
+    kinetic_toci: Tocilizumab | None = None
+
+
+def _groups(spec: DoseRiskSpec) -> list[_Group]:
+    plain = tuple(t for t in spec.tocilizumab if not t.kinetic_effects)
+    kinetic = [t for t in spec.tocilizumab if t.kinetic_effects]
+    groups = [_Group(None, "base", (None,) + plain)]
+    for t in kinetic:
+        if t.rule == "prophylactic":
+            groups.append(_Group(None, "base", (t,), kinetic_toci=t))
+        else:
+            groups[0] = dataclasses.replace(groups[0], rules=groups[0].rules + (t,))
+    if spec.fractionated is not None:
+        groups.append(_Group(None, "fractionated", (None,)))
+    for b in spec.burden_profiles:
+        groups.append(_Group(b, "base", (None,) + plain))
+    return groups
+
+
+def _rule_probs(rule, times, out, names, roles, beta, cuts, center, scale):
+    args = (times, out, names, roles, beta, cuts, center, scale)
+    if rule is None:
+        return probs_untreated(*args)
+    if rule.rule == "prophylactic":
+        return probs_prophylactic(*args, rule.blockade)
+    if rule.rule == "grade":
+        return probs_grade_rule(*args, rule.blockade, rule.grade)
+    return probs_il6_rule(*args, rule.blockade, rule.il6_threshold)
+
+
+def simulate_metrics(kin, sampler, settings, regimens, names, roles, n, lo, hi, burden=None):
+    """Solve rows ``lo..hi-1`` at every regimen: ``(outputs (D, B, T), ok (D, B), draw (B,), theta, weight)``."""
+    theta, weight, draw = sampler.block(n, lo, hi)
+    if burden is not None:
+        theta[kin.burden] = np.full_like(theta[kin.burden], burden)
+    res = settings.simulate(kin.model, theta, regimens, weight)
+    keep = {k: res.outputs[k] for k in {roles.il6, roles.cart, roles.tumour} - {None}}
+    return keep, res.ok, draw, theta, weight
+
+
+def cohort_metrics(kin, typicals, key, n, cohorts, settings, link: LinkSpec):
+    """Virtual patients of every cohort, for every draw: ``xs[c]`` (S, P_c, m), ``ws[c]`` (S, P_c)."""
+    levels = []
+    for ci, c in enumerate(cohorts):
+        for amount, share in c.doses:
+            levels.append((ci, Regimen((Dose(0.0, amount, c.per_kg),)), share))
+    regs = [r for _, r, _ in levels]
+    S = len(typicals)
+    sampler = BlockSampler(kin, typicals, key)
+    names = link.metrics
+    per = max(1, settings.block // len(regs))
+    x_all = np.zeros((len(regs), S * n, len(names)))
+    ok_all = np.zeros((len(regs), S * n), bool)
+    times = settings.times
+    for lo in range(0, S * n, per):
+        hi = min(S * n, lo + per)
+        out, ok, _, _, _ = simulate_metrics(kin, sampler, settings, regs, names, link.outputs, n, lo, hi)
+        x_all[:, lo:hi] = np.asarray(final_metrics(times, out, names, link.outputs))
+        ok_all[:, lo:hi] = ok & np.all(np.isfinite(x_all[:, lo:hi]), axis=-1)
+    xs, ws = [], []
+    for ci, c in enumerate(cohorts):
+        idx = [j for j, (cj, _, _) in enumerate(levels) if cj == ci]
+        x = np.concatenate([x_all[j].reshape(S, n, -1) for j in idx], axis=1)
+        w = np.concatenate([ok_all[j].reshape(S, n) * (levels[j][2] / n) for j in idx], axis=1)
+        xs.append(np.where(np.isfinite(x), x, 0.0))
+        ws.append(w)
+    return xs, ws, int((~ok_all).sum())
+
+
+@dataclasses.dataclass(frozen=True)
+class DoseRiskResult:
+    table: pd.DataFrame
+    windows: pd.DataFrame
+    calibration: Calibration
+    fit: pd.DataFrame
+    link_draws: np.ndarray
+    exposure: pd.DataFrame
+    info: dict
+
+
+def _summarise(values, q=(0.05, 0.95)):
+    v = np.asarray(values, float)
+    return float(np.nanmean(v)), *[float(x) for x in np.nanquantile(v, q)]
+
+
+def run_dose_risk(
+    kin: KineticPopulation,
+    link: LinkSpec,
+    cohorts: Sequence[AggregateCohort],
+    spec: DoseRiskSpec,
+    settings: SolveSettings = SolveSettings(),
+    *,
+    log=print,
+) -> DoseRiskResult:
+    """Calibrate the link, propagate uncertainty and tabulate risk per dose (see module doc)."""
+    link.outputs.check(kin.model, link.metrics)
+    if not cohorts:
+        raise ValueError("no calibration cohorts: the link has nothing to be calibrated to")
+    t_start = time.perf_counter()
+    root = jax.random.PRNGKey(spec.seed)
+    keys = {name: jax.random.fold_in(root, i) for i, name in
+            enumerate(["kinetic", "point", "calibration", "link", "patients"])}
+    names, roles = link.metrics, link.outputs
+    info: dict = {"timings_s": {}}
+
+    # 1. point calibration: typical kinetics, many patients per cohort
+    typ = kin.typical_theta()
+    xs, ws, nfail = cohort_metrics(kin, [typ], keys["point"], spec.point_patients, cohorts, settings, link)
+    x0, w0 = [x[0] for x in xs], [w[0] for w in ws]
+    cal = calibrate(names, cohorts, x0, w0, link.prior)
+    fit = fit_table(cal, x0, w0, seed=spec.seed)
+    info["point_calibration"] = {"patients_per_level": spec.point_patients, "failed_solves": nfail,
+                                 "converged": cal.converged, "grad_norm": cal.grad_norm}
+    info["timings_s"]["point_calibration"] = time.perf_counter() - t_start
+    log(f"calibrated the link to {len(cohorts)} cohort(s): {int((fit['fit'] == 'ok').sum())} of "
+        f"{len(fit)} reported rates within their binomial 95% interval")
+
+    # 2. draws: kinetics, then the link recalibrated under each and drawn from its posterior
+    S, p = spec.draws, cal.link.n_params
+    typicals = kin.draw_typical(keys["kinetic"], S)
+    t0 = time.perf_counter()
+    if kin.has_uncertainty:
+        xs, ws, nfail = cohort_metrics(kin, typicals, keys["calibration"], spec.calibration_patients,
+                                       cohorts, settings, link)
+        phi_hat, cov, _, gnorm = calibrate_batch(names, cohorts, xs, ws, link.prior,
+                                                 cal.link.center, cal.link.scale)
+        info["draw_calibration"] = {"patients_per_level": spec.calibration_patients,
+                                    "failed_solves": nfail,
+                                    "unconverged_draws": int(np.sum(~(gnorm < 1e-3)))}
+    else:
+        phi_hat = np.tile(np.asarray(cal.link.to_phi()), (S, 1))
+        cov = np.tile(cal.covariance, (S, 1, 1))
+    z = np.asarray(jax.vmap(lambda s: jax.random.normal(jax.random.fold_in(keys["link"], s), (p,)))(
+        jnp.arange(S)))
+    phi = np.stack([phi_hat[s] + _sqrtm(cov[s]) @ z[s] for s in range(S)])
+    info["timings_s"]["draw_calibration"] = time.perf_counter() - t0
+    links = [cal.link.with_phi(jnp.asarray(f)) for f in phi]
+    beta_s = np.stack([np.asarray(lk.beta) for lk in links])
+    cuts_s = np.stack([np.asarray(lk.cuts) for lk in links])
+
+    # 3. prediction at every dose, per group of solves
+    t0 = time.perf_counter()
+    sampler = BlockSampler(kin, typicals, keys["patients"])
+    D, n, times = len(spec.doses), spec.patients, settings.times
+    center, scale = cal.link.center, cal.link.scale
+    rows, expo = [], []
+    n_solves = 0
+    for g in _groups(spec):
+        regs = spec.regimens(g.kind, g.kinetic_toci)
+        acc = [np.zeros((D, S, 4)) for _ in g.rules]
+        resp = np.zeros((D, S))
+        cnt = np.zeros((D, S))
+        peak = np.full((D, S * n), np.nan)
+        per = max(1, settings.block // D)
+        for lo in range(0, S * n, per):
+            hi = min(S * n, lo + per)
+            out, ok, draw, theta, weight = simulate_metrics(
+                kin, sampler, settings, regs, names, roles, n, lo, hi, g.profile)
+            n_solves += ok.size
+            flat = {k: v.reshape(-1, v.shape[-1]) for k, v in out.items()}
+            dr = np.tile(draw, D)
+            b, c = jnp.asarray(beta_s[dr]), jnp.asarray(cuts_s[dr])
+            okf = ok.reshape(-1)
+            xf = np.asarray(final_metrics(times, flat, ("log_peak_il6",), roles))[:, 0] \
+                if roles.il6 else np.full(okf.shape, np.nan)
+            peak[:, lo:hi] = np.where(ok, xf.reshape(D, -1), np.nan)
+            rsp = np.asarray(response(flat, roles, spec.response_reduction)).reshape(D, -1)
+            for ri, rule in enumerate(g.rules):
+                fl = flat
+                if rule is not None and rule.kinetic_effects and rule.rule == "il6":
+                    fl = _resimulate_il6(kin, settings, regs, theta, weight, out, roles, rule, times)
+                pr = np.asarray(_rule_probs(rule, jnp.asarray(times), {k: jnp.asarray(v) for k, v in fl.items()},
+                                            names, roles, b, c, center, scale)).reshape(D, -1, 4)
+                np.add.at(acc[ri], (slice(None), draw), np.where(ok[..., None], pr, 0.0))
+            np.add.at(cnt, (slice(None), draw), ok)
+            np.add.at(resp, (slice(None), draw), rsp & ok)
+        frac = spec.fractionated if g.kind == "fractionated" else (spec.fractions, spec.fraction_times)
+        reg_label = _regimen_label(*frac)
+        profile = "population" if g.profile is None else f"burden {g.profile:g}"
+        with np.errstate(invalid="ignore", divide="ignore"):
+            p_resp = resp / cnt
+            for ri, rule in enumerate(g.rules):
+                label = reg_label if rule is None else f"{reg_label} + {rule.label}"
+                risk = acc[ri] / cnt[..., None]
+                for d, dose in enumerate(spec.doses):
+                    row = {"scenario": label, "profile": profile,
+                           "burden": np.nan if g.profile is None else g.profile,
+                           "dose": dose, "dose_unit": "cells/kg" if spec.per_kg else "cells"}
+                    for k in (2, 3):
+                        est, lo_, hi_ = _summarise(risk[d, :, k - 1])
+                        row.update({f"p_crs{k}": est, f"p_crs{k}_lo90": lo_, f"p_crs{k}_hi90": hi_})
+                    est, lo_, hi_ = _summarise(p_resp[d])
+                    row.update({"p_response": est, "p_response_lo90": lo_, "p_response_hi90": hi_})
+                    row["p_crs1"] = _summarise(risk[d, :, 0])[0]
+                    row["p_crs4"] = _summarise(risk[d, :, 3])[0]
+                    row["median_peak_il6"] = float(np.exp(np.nanmedian(peak[d])))
+                    row["draws"], row["patients_per_draw"] = S, n
+                    row["failed_solves"] = int(S * n - cnt[d].sum())
+                    rows.append(row)
+        for d, dose in enumerate(spec.doses):
+            q = np.exp(np.nanquantile(peak[d], [0.05, 0.25, 0.5, 0.75, 0.95]))
+            expo.append({"regimen": reg_label, "profile": profile, "dose": dose,
+                         **{f"peak_il6_q{int(100 * a):02d}": v for a, v in zip([.05, .25, .5, .75, .95], q)}})
+        log(f"  {profile}, {reg_label}: {S} draws x {n} patients x {D} doses")
+    info["timings_s"]["prediction"] = time.perf_counter() - t0
+    info["timings_s"]["total"] = time.perf_counter() - t_start
+    info["prediction_solves"] = n_solves
+    table = pd.DataFrame(rows)
+    exposure = pd.DataFrame(expo).drop_duplicates(["regimen", "profile", "dose"])
+    return DoseRiskResult(table, dose_windows(table, spec), cal, fit, phi, exposure, info)
+
+
+def _sqrtm(cov):
+    cov = 0.5 * (cov + cov.T)
+    w, v = np.linalg.eigh(cov)
+    return v * np.sqrt(np.clip(w, 0.0, None))
+
+
+def _resimulate_il6(kin, settings, regs, theta, weight, out, roles, rule, times):
+    from .rules import il6_trigger_index
+
+    j = np.asarray(il6_trigger_index({roles.il6: jnp.asarray(out[roles.il6])}, roles, rule.il6_threshold))
+    t_trig = np.where(j < len(times), times[np.minimum(j, len(times) - 1)], np.inf)
+
+    def sim(idx, regimens):
+        th = {k: v[idx] for k, v in theta.items()}
+        return settings.simulate(kin.model, th, regimens, weight[idx])
+
+    new, _ = resimulate_after_trigger(sim, regs, t_trig, rule.kinetic_effects, name="tocilizumab")
+    return {k: new[k].reshape(-1, new[k].shape[-1]) for k in out}
+
+
+def dose_windows(table: pd.DataFrame, spec: DoseRiskSpec) -> pd.DataFrame:
+    """Per scenario and profile: the largest dose whose P(CRS >= 3) stays below the limit (by
+    the estimate, and by the upper end of its 90% interval, at that dose and every lower dose),
+    the smallest dose whose P(response) reaches the target, and the window between them."""
+    rows = []
+    for (scen, prof), t in table.groupby(["scenario", "profile"], sort=False):
+        t = t.sort_values("dose")
+        doses = t["dose"].to_numpy()
+
+        def largest_below(col):
+            below = t[col].to_numpy() < spec.limit
+            if not below[0]:
+                return np.nan
+            stop = np.argmin(below) if not below.all() else len(below)
+            return doses[stop - 1]
+
+        max_est = largest_below("p_crs3")
+        max_safe = largest_below("p_crs3_hi90")
+        min_eff = np.nan
+        if spec.response_target is not None:
+            hit = t["p_response"].to_numpy() >= spec.response_target
+            min_eff = doses[np.argmax(hit)] if hit.any() else np.nan
+        ok = np.isfinite(max_safe) and (spec.response_target is None or (np.isfinite(min_eff) and min_eff <= max_safe))
+        rows.append({"scenario": scen, "profile": prof, "limit_p_crs3": spec.limit,
+                     "max_dose_estimate": max_est, "max_dose_upper90": max_safe,
+                     "response_target": spec.response_target, "min_effective_dose": min_eff,
+                     "window_low": (min_eff if spec.response_target is not None else doses[0]) if ok else np.nan,
+                     "window_high": max_safe if ok else np.nan,
+                     "whole_grid_below_limit": bool((t["p_crs3_hi90"] < spec.limit).all())})
+    return pd.DataFrame(rows)
