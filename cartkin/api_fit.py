@@ -44,3 +44,23 @@ def run_fit(config: str | Path, out: str | Path | None = None, *, progress: bool
         with atomic_directory(out) as tmp:
             write_fit(result, tmp, record)
     return result
+
+
+def load_run(run_dir: str | Path):
+    """A finished fit's run folder: ``(config, estimates dict, run record dict)``.
+
+    The configuration is re-parsed from the copy saved in ``run.json``, so the run folder is
+    self-contained apart from the dataset it names.
+    """
+    import json
+
+    from ._estimate.config import config_from_dict
+
+    run_dir = Path(run_dir)
+    for f in ("run.json", "estimates.json"):
+        if not (run_dir / f).exists():
+            raise FileNotFoundError(f"{run_dir} is not a fit run folder: {f} is missing")
+    record = json.loads((run_dir / "run.json").read_text())
+    cfg = config_from_dict(record["config"], Path(record["config_file"]))
+    estimates = json.loads((run_dir / "estimates.json").read_text())
+    return cfg, estimates, record

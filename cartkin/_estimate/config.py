@@ -90,6 +90,13 @@ def load_config(path: str | Path) -> FitConfig:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise _err(path, f"not valid TOML: {e}") from None
+    return config_from_dict(raw, path)
+
+
+def config_from_dict(raw: Mapping, path: str | Path) -> FitConfig:
+    """Parse an already-read configuration; ``path`` names it in messages and anchors
+    relative data paths."""
+    path = Path(path)
     _only(path, "top level", raw, _SECTIONS)
     for s in ("data", "model", "endpoints", "parameters"):
         if s not in raw:

@@ -149,9 +149,11 @@ def fit(
         res_new = importance_sample(stat, predict_one, arrays, X, new, res["ebe"], res["ebe_cov"],
                                     codes, importance, progress)
         cov_new, cond_new, dec_new = _newton(res_new)
+        # accept when the quadratic model says we got closer to the maximum, or -2LL fell
+        better = dec_new < decrement or res_new["m2ll"] < res["m2ll"]
         history.append({"step": step, "m2ll": res_new["m2ll"], "m2ll_se": res_new["m2ll_se"],
-                        "decrement": dec_new, "accepted": bool(res_new["m2ll"] < res["m2ll"])})
-        if res_new["m2ll"] >= res["m2ll"]:
+                        "decrement": dec_new, "accepted": bool(better)})
+        if not better:
             break
         res, params, cov, cond, decrement = res_new, new, cov_new, cond_new, dec_new
     timings["importance_s"] = time.perf_counter() - t1

@@ -43,6 +43,18 @@ def write_fit(result, folder: Path, record: dict) -> None:
     }
     (folder / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2))
     (folder / "run.json").write_text(json.dumps(_jsonable(record), indent=2))
+    est = result.estimates
+    estimates = {
+        "iiv": list(result.stat.iiv), "domains": list(result.stat.domains),
+        "beta": np.asarray(est["beta"]).tolist(), "omega": np.asarray(est["omega"]).tolist(),
+        "log_sigma": np.asarray(est["log_sigma"]).tolist(),
+        "fixed": dict(result.stat.fixed),
+        "psi_covariance": np.asarray(result.covariance).tolist(),
+        "note": "beta: (parameter, covariate column) on each parameter's natural scale (log, "
+                "logit); omega: covariance of eta; psi = (beta free entries, omega lower "
+                "triangle, log sigma), the order of parameters.csv",
+    }
+    (folder / "estimates.json").write_text(json.dumps(_jsonable(estimates), indent=2))
     _plots(result, folder)
 
 

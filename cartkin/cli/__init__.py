@@ -22,14 +22,20 @@ def _use_all_cores() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     _use_all_cores()
-    from . import fit, pipeline, simulate
+    import importlib
+    import pkgutil
 
     parser = argparse.ArgumentParser(
         prog="cartkin", description="Population pharmacology of CAR-T cell therapy."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for mod in (simulate, fit, pipeline):
-        mod.add_parser(sub)
+    # one module per command: every module of this package with an add_parser()
+    order = ["simulate", "fit", "bayes", "crs_risk", "report", "pipeline"]
+    names = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
+    for name in sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n)):
+        mod = importlib.import_module(f"{__name__}.{name}")
+        if hasattr(mod, "add_parser"):
+            mod.add_parser(sub)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
