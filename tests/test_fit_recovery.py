@@ -1,0 +1,108 @@
+"""Parameter recovery on a cohort simulated with known truth (Stein 2019, realistic schedule,
+BLQ censored by M3), and the fit's errors and run folder as a user meets them."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import cartkin.data as cdata
+from cartkin._estimate.config import fitdata_from_dataset, load_config
+from cartkin._estimate.fit import fit
+from cartkin._estimate.importance import ISOptions
+from cartkin._likelihood import Endpoint, StatModel
+from cartkin._models import Stein2019
+
+# moderate IIV (variances on the log/logit scale) so that one cohort of 150 pins the truth down:
+# the sampling SE of a typical value is then about 4-5%, well inside the 10% bound
+OMEGA = {"foldx": 0.3, "Tmax": 0.05, "Cmax": 0.3, "alpha": 0.2, "FB": 0.3, "beta": 0.2}
+TRUTH = {"foldx": 3900.0, "Tmax": 9.3, "Cmax": 24000.0, "alpha": 0.16, "FB": 0.0079, "beta": 0.0032}
+
+
+@pytest.fixture(scope="module")
+def recovered():
+    cohort = cdata.simulate_cohort(150, seed=7, omega=OMEGA)
+    realised = cohort.truth
+    stat = StatModel(Stein2019(), (Endpoint("C", 1, "log_additive"),), iiv=tuple(TRUTH))
+    data = fitdata_from_dataset(cohort.dataset, stat)
+    init = {k: v * f for (k, v), f in zip(TRUTH.items(), (0.5, 0.85, 0.6, 1.3, 1.3, 1.5))}
+    res = fit(stat, data, init=init, omega_init=0.5, sigma_init=0.8,
+              importance=ISOptions(target_se=1.0, max_draws=4000), progress=False)
+    return res, data, realised
+
+
+def test_typical_values_within_10_percent(recovered):
+    """Against the subjects actually drawn (their geometric mean: what the cohort can tell),
+    within 10%; against the population truth, within 3 of the fit's own standard errors."""
+    res, data, realised = recovered
+    assert ((data.cens == 1) & data.mask).mean() > 0.15  # BLQ really matters here
+    tv = res.typical()
+    tab = res.parameters.set_index("parameter")
+    for k, v in TRUTH.items():
+        gm = float(np.exp(np.log(realised[k]).mean()))
+        assert abs(tv[k] / gm - 1) < 0.10, (k, tv[k], gm)
+        z = np.log(tv[k] / v) / (tab.loc[k, "rse_pct"] / 100)
+        assert abs(z) < 3, (k, tv[k], v, z)
+
+
+def test_iiv_variances_within_30_percent(recovered):
+    res, _, realised = recovered
+    om = res.estimates["omega"]
+    for j, k in enumerate(res.stat.iiv):
+        var = float(np.var(realised[f"ETA_{k}"], ddof=1))
+        assert abs(om[j, j] / var - 1) < 0.30, (k, om[j, j], var)
+    sigma = float(np.exp(res.estimates["log_sigma"][0]))
+    assert abs(sigma / 0.56 - 1) < 0.10
+
+
+def test_fit_outputs_are_complete(recovered):
+    res, data, _ = recovered
+    t = res.parameters
+    assert set(t["kind"]) == {"theta", "omega_diag", "sigma"}
+    assert np.all(np.isfinite(t["se"])) and np.all(t["ci_low"] < t["estimate"])
+    assert np.all(t["estimate"] < t["ci_high"])
+    assert len(res.sdtab) == data.n_obs
+    assert res.sdtab.loc[res.sdtab.CENS == 1, "CWRES"].isna().all()
+    cw = res.sdtab.loc[res.sdtab.CENS == 0, "CWRES"]
+    assert abs(cw.mean()) < 0.15 and 0.8 < cw.std() < 1.2
+    assert res.convergence["converged"], res.convergence
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "cartkin.cli", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=600)
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("[data]\nname='stein2019_sim200'\n[model]\nname='nope'\n[[endpoints]]\noutput='C'\n[parameters]\nestimate={Cmax=1.0}\n",
+         "unknown model 'nope'"),
+        ("[data]\nname='stein2019_sim200'\n[model]\nname='stein2019'\n[[endpoints]]\noutput='C'\n[parameters]\nestimate={CL=1.0}\n",
+         "names 'CL', not a parameter of Stein2019"),
+        ("[data]\nname='stein2019_sim200'\n[model]\nname='stein2019'\n[[endpoints]]\noutput='C'\nerror='weird'\n[parameters]\nestimate={Cmax=1.0}\n",
+         "unknown error model 'weird'"),
+        ("[data]\nname='stein2019_sim200'\n[model]\nname='stein2019'\n[[endpoints]]\noutput='C'\n[parameters]\nestimate={FB=1.5}\n",
+         "FB = 1.5 is outside its domain"),
+        ("[data]\nname='stein2019_sim200'\n[model]\nname='stein2019'\n[parameters]\nestimate={Cmax=1.0}\n[typo]\n",
+         "unknown key\\(s\\) \\['typo'\\]"),
+    ],
+)
+def test_config_errors_name_file_and_key(tmp_path, text, match):
+    p = tmp_path / "bad.toml"
+    p.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        load_config(p)
+
+
+def test_cli_user_error_no_traceback_no_output(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text("[data]\nname='stein2019_sim200'\n[model]\nname='stein2019'\n[[endpoints]]\n"
+                 "output='C'\n[parameters]\nestimate={CL=1.0}\n")
+    out = tmp_path / "run"
+    r = _cli("fit", str(p), "--out", str(out))
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and "bad.toml" in r.stderr
+    assert not out.exists()
