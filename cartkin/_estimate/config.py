@@ -50,7 +50,7 @@ from .._population import CategoricalEffect, ExpEffect, PowerEffect
 from .importance import ISOptions
 from .saem import SAEMOptions
 
-_SECTIONS = {"data", "model", "endpoints", "parameters", "iiv", "covariates", "method", "title", "description"}
+_SECTIONS = {"data", "model", "endpoints", "parameters", "iiv", "covariates", "method", "title", "description", "bayes"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,6 +200,19 @@ def fitdata_from_dataset(ds, stat: StatModel) -> FitData:
     table of each subject.
     """
     eps = {e.dvid: i for i, e in enumerate(stat.endpoints)}
+    t_unit = (ds.unit("TIME") or "d").lower()
+    if t_unit not in ("d", "day", "days"):
+        raise ValueError(
+            f"{ds.name}: TIME is in {t_unit!r}; cartkin models run in days: convert TIME to days "
+            "(or state unit 'd' in the sidecar)"
+        )
+    if "AMT" in ds.frame.columns:
+        a_unit = ds.unit("AMT")
+        if a_unit not in (None, "cells"):
+            raise ValueError(
+                f"{ds.name}: AMT is in {a_unit!r}; doses must be in cells: use "
+                "Dataset.convert_doses('cells', weight='WT') for doses per kg"
+            )
     arr = ds.to_arrays()
     observed = set(np.unique(arr.dvid[arr.mask]).tolist())
     missing = observed - set(eps)
