@@ -20,8 +20,21 @@ def _use_all_cores() -> None:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
 
 
+def _compilation_cache() -> None:
+    # compiled programs are reused across runs (CARTKIN_CACHE=off disables it). diffrax's
+    # solves are cached only with EQX_ON_ERROR=nan in the environment (equinox reads it at
+    # import): their outcome is reported per patient anyway.
+    import jax
+
+    cache = os.environ.get("CARTKIN_CACHE", os.path.expanduser("~/.cache/cartkin/jax"))
+    if cache != "off":
+        jax.config.update("jax_compilation_cache_dir", cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def main(argv: list[str] | None = None) -> int:
     _use_all_cores()
+    _compilation_cache()
     import importlib
     import pkgutil
 
