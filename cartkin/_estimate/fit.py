@@ -135,11 +135,14 @@ def fit(
     pm = np.asarray(state["post_m"])
     pc = np.asarray(state["post_s"]) - pm[:, :, None] * pm[:, None, :]
     t1 = time.perf_counter()
-    res = importance_sample(stat, predict_one, arrays, X, params, pm, pc, codes, importance, progress)
+    # information, score and EBEs at SAEM's estimate (first pass only)
+    res = importance_sample(stat, predict_one, arrays, X, params, pm, pc, codes, importance,
+                            progress, m2ll=False)
     cov, cond, decrement = _newton(res)
-    history = [{"step": 0, "m2ll": res["m2ll"], "m2ll_se": res["m2ll_se"], "decrement": decrement}]
+    history = [{"step": 0, "decrement": decrement}]
     # Newton polishing with the importance-sampled score and information: SAEM's estimate
-    # carries Monte Carlo error; a step psi + I^-1 g removes most of what is left.
+    # carries Monte Carlo error; a step psi + I^-1 g removes most of what is left. A step is
+    # kept when the Newton decrement (the log-likelihood still to gain) falls.
     for step in range(1, polish + 1):
         if decrement < 0.05 or not np.isfinite(decrement):
             break
@@ -147,15 +150,19 @@ def fit(
         if new is None:
             break
         res_new = importance_sample(stat, predict_one, arrays, X, new, res["ebe"], res["ebe_cov"],
-                                    codes, importance, progress)
+                                    codes, importance, progress, m2ll=False)
         cov_new, cond_new, dec_new = _newton(res_new)
-        # accept when the quadratic model says we got closer to the maximum, or -2LL fell
-        better = dec_new < decrement or res_new["m2ll"] < res["m2ll"]
-        history.append({"step": step, "m2ll": res_new["m2ll"], "m2ll_se": res_new["m2ll_se"],
-                        "decrement": dec_new, "accepted": bool(better)})
+        better = dec_new < decrement
+        history.append({"step": step, "decrement": dec_new, "accepted": bool(better)})
         if not better:
             break
         res, params, cov, cond, decrement = res_new, new, cov_new, cond_new, dec_new
+    # the final evaluation: -2LL to the requested Monte Carlo SE, information, EBEs
+    res = importance_sample(stat, predict_one, arrays, X, params, res["ebe"], res["ebe_cov"],
+                            codes, importance, progress)
+    cov, cond, decrement = _newton(res)
+    history.append({"step": "final", "m2ll": res["m2ll"], "m2ll_se": res["m2ll_se"],
+                    "decrement": decrement})
     timings["importance_s"] = time.perf_counter() - t1
 
     layout = res["layout"]

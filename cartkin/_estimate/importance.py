@@ -86,8 +86,12 @@ def _mvt_logpdf(x, m, chol, nu):
 
 
 def importance_sample(stat, predict_one, data, X, params, post_mean, post_cov, codes,
-                      options: ISOptions = ISOptions(), progress: bool = False):
-    """Run the sampler; returns a dict of numpy results (see module docstring)."""
+                      options: ISOptions = ISOptions(), progress: bool = False, m2ll: bool = True):
+    """Run the sampler; returns a dict of numpy results (see module docstring).
+
+    With ``m2ll=False`` only the first pass runs (information, score, EBEs; -2LL from those
+    draws only, less precise): what a polishing step needs.
+    """
     N, d = post_mean.shape
     X = jnp.asarray(X)
     colmask = np.any(np.asarray(X) != 0, axis=0)
@@ -187,8 +191,13 @@ def importance_sample(stat, predict_one, data, X, params, post_mean, post_cov, c
     L_q = jnp.linalg.cholesky(jnp.asarray(cov2))
     # pass 2: -2LL until its Monte Carlo SE reaches the target
     acc, m_total, c = None, 0, 0
-    with progress_bar(options.max_draws, "importance sampling (draws/subject)", progress) as adv:
-        while True:
+    if not m2ll:
+        acc, m_total = lacc, n_louis * options.draws_per_chunk
+        mean_w = acc["W"] / m_total
+        var_log = np.maximum(acc["W2"] / m_total - mean_w**2, 0.0) / m_total / mean_w**2
+        se = 2 * np.sqrt(var_log.sum())
+    with progress_bar(options.max_draws, "importance sampling (draws/subject)", progress and m2ll) as adv:
+        while m2ll:
             acc = combine(acc, chunk(jax.random.fold_in(key, c), False, m_q, L_q))
             c += 1
             m_total += options.draws_per_chunk
