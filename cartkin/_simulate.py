@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ._models.base import ClosedFormModel, Model, ODEModel
+from . import _batched
 from ._progress import progress_bar
 from ._regimen import Regimen, compile_regimen, stack_event_tables
 from ._solve import Status, solve_patient
@@ -91,9 +92,35 @@ def default_solver(model: Model) -> dfx.AbstractSolver:
     return dfx.Kvaerno5() if getattr(model, "stiff", False) else dfx.Tsit5()
 
 
-def default_chunk_size() -> int:
+METHODS = ("auto", "diffrax", "batched")
+
+
+def resolve_method(model: Model, solver, method: str) -> str:
+    """``"diffrax"`` or ``"batched"`` for this model and solver (see :func:`simulate`)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+    if not isinstance(model, ODEModel):
+        return "diffrax"  # closed form: no solver at all
+    if method == "batched":
+        if solver is not None:
+            raise ValueError(
+                "method='batched' uses cartkin's own Rosenbrock solver: pass solver=None, or "
+                "method='diffrax' to use the given diffrax solver"
+            )
+        return "batched"
+    if method == "auto":
+        return "batched" if solver is None and getattr(model, "stiff", False) else "diffrax"
+    return "diffrax"
+
+
+def default_chunk_size(solver=None) -> int:
     """Patients per device per call: small on the CPU (cache), large on accelerators."""
-    return 256 if jax.default_backend() == "cpu" else 65536
+    if jax.default_backend() != "cpu":
+        return 65536
+    return _BATCHED_CPU_CHUNK if solver == "batched" else 256
+
+
+_BATCHED_CPU_CHUNK = 512
 
 
 def _padded_size(m: int, chunk: int) -> int:
@@ -104,6 +131,11 @@ def _padded_size(m: int, chunk: int) -> int:
 
 @eqx.filter_jit
 def _solve_batch(model, solver, theta, ev, times, rtol, atol, max_steps_static):
+    if solver == "batched":
+        _, out, status = _batched.solve_batch(
+            model, theta, times, *ev, rtol=rtol, atol=atol, max_steps=max_steps_static
+        )
+        return out, status
     controller = dfx.PIDController(rtol=rtol, atol=atol)
 
     def one(th, et, ed, ee):
@@ -172,6 +204,7 @@ def simulate(
     chunk_size: int | None = None,
     devices: Sequence[jax.Device] | None = None,
     progress: bool | None = None,
+    method: str = "auto",
 ) -> SimResult:
     """Simulate ``model`` for N patients (and D regimens) at ``times`` (days).
 
@@ -182,13 +215,18 @@ def simulate(
         regimen: ``None`` (no dose: empirical models), one :class:`Regimen` for every patient,
             or a sequence of D regimens (dose levels), each given to every patient.
         weight: body weight in kg, scalar or (N,), for doses in cells/kg.
-        solver: a diffrax solver; default Tsit5 (Kvaerno5 for models marked stiff).
+        solver: a diffrax solver (implies ``method="diffrax"``); default Tsit5 (Kvaerno5 for
+            models marked stiff).
         rtol, atol: tolerances of the PID step-size controller (passed as arrays: changing them
             does not recompile).
         max_steps: per segment between events; a patient that reaches it is flagged, not fatal.
         chunk_size: patients per device per compiled call (default 256 on CPU, 65536 on GPU).
         devices: devices to shard the patient axis over (default: all visible devices).
         progress: show a progress bar (default: when there is more than one chunk).
+        method: ``"diffrax"`` (a vmapped diffrax solve), ``"batched"`` (cartkin's Rosenbrock
+            solver written for a batch, patients innermost: :mod:`cartkin._batched`; the faster
+            one on the CPU for stiff models) or ``"auto"`` (``"batched"`` for an ODE model marked
+            stiff when no ``solver`` is given, else ``"diffrax"``).
     """
     times = np.asarray(times, dtype=float)
     _check_inputs(model, theta, times)
@@ -227,10 +265,13 @@ def simulate(
     theta_all = {k: np.tile(v, D) for k, v in theta.items()}
     m = D * n
 
-    solver = solver if solver is not None else default_solver(model)
+    if resolve_method(model, solver, method) == "batched":
+        solver = "batched"
+    elif solver is None:
+        solver = default_solver(model)
     devices = list(devices) if devices is not None else jax.devices()
     ndev = len(devices)
-    per_dev = chunk_size or default_chunk_size()
+    per_dev = chunk_size or default_chunk_size(solver)
     size = _padded_size(math.ceil(m / ndev), per_dev) * ndev
     n_chunks = math.ceil(m / size)
     total = n_chunks * size
