@@ -24,6 +24,7 @@ identify them; :func:`fit_table` shows how far the data moved them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -79,6 +80,7 @@ class AggregateCohort:
         return ks, [e[j] - e[j + 1] for j in range(len(ks) + 1)]
 
 
+
 @dataclasses.dataclass(frozen=True)
 class Prior:
     """Normal prior on each slope (per metric) of the link."""
@@ -94,19 +96,17 @@ class Prior:
                 np.array([self.sd[m] for m in metrics], float))
 
 
-def _neg_log_post(phi, xs, ws, cohorts, center, scale, prior_mean, prior_sd):
+def _neg_log_post(phi, xs, ws, counts, structure, center, scale, prior_mean, prior_sd):
     m = prior_mean.shape[0]
     beta, cuts = phi[:m], cuts_from_phi(phi[m:])
     total = 0.0
-    for x, w, c in zip(xs, ws, cohorts):
+    for x, w, cnt, ks in zip(xs, ws, counts, structure):
         eta = ((x - center) / scale) @ beta
         pbar = w @ jax.nn.sigmoid(eta[:, None] - cuts)  # (4,)
-        ks, counts = c.intervals()
-        upper = [1.0] + [pbar[k - 1] for k in ks]
-        lower = [pbar[k - 1] for k in ks] + [0.0]
-        for u, lo, cnt in zip(upper, lower, counts):
-            if cnt:
-                total = total - cnt * jnp.log(jnp.clip(u - lo, 1e-300))
+        upper = jnp.concatenate([jnp.ones(1), pbar[jnp.asarray(ks) - 1]])
+        lower = jnp.concatenate([pbar[jnp.asarray(ks) - 1], jnp.zeros(1)])
+        # an empty interval contributes 0 * log(p) = 0 (xlogy)
+        total = total - jnp.sum(jax.scipy.special.xlogy(cnt, jnp.clip(upper - lower, 1e-300)))
     total = total + 0.5 * jnp.sum(((beta - prior_mean) / prior_sd) ** 2)
     return total + 0.5 * jnp.sum((phi[m:] / CUT_PRIOR_SD) ** 2)
 
@@ -179,24 +179,29 @@ def calibrate_batch(metrics, cohorts, xs, ws, prior: Prior, center, scale, *, st
     """
     prior_mean, prior_sd = prior.arrays(metrics)
     cohorts = tuple(cohorts)
-    m = len(metrics)
-    phi0 = jnp.asarray(_start(cohorts, m, prior_mean))
-    center = jnp.asarray(center, float)
-    scale = jnp.asarray(scale, float)
-    pm, ps = jnp.asarray(prior_mean), jnp.asarray(prior_sd)
+    phi0 = jnp.asarray(_start(cohorts, len(metrics), prior_mean))
     wn = [np.asarray(w, float) / np.maximum(np.sum(w, axis=-1, keepdims=True), 1e-300) for w in ws]
+    fn = _batch_solver(tuple(tuple(c.intervals()[0]) for c in cohorts), steps)
+    counts = [jnp.asarray(c.intervals()[1], float) for c in cohorts]
+    out = fn([jnp.asarray(x, float) for x in xs], [jnp.asarray(w) for w in wn], counts,
+             jnp.asarray(center, float), jnp.asarray(scale, float), jnp.asarray(prior_mean),
+             jnp.asarray(prior_sd), phi0)
+    return tuple(np.asarray(o) for o in out)
 
-    def one(xs1, ws1):
+
+@functools.lru_cache(maxsize=32)
+def _batch_solver(structure, steps):
+    """The compiled, vmapped calibration for cohorts of a given structure (cached)."""
+
+    def one(xs1, ws1, counts, center, scale, pm, ps, phi0):
         def objective(phi):
-            return _neg_log_post(phi, xs1, ws1, cohorts, center, scale, pm, ps)
+            return _neg_log_post(phi, xs1, ws1, counts, structure, center, scale, pm, ps)
 
         phi, value, gnorm = minimise(objective, phi0, steps=steps)
         hess = jax.hessian(objective)(phi)
         return phi, jnp.linalg.inv(hess), value, gnorm
 
-    fn = jax.jit(jax.vmap(one))
-    phi, cov, value, gnorm = fn([jnp.asarray(x, float) for x in xs], [jnp.asarray(w) for w in wn])
-    return np.asarray(phi), np.asarray(cov), np.asarray(value), np.asarray(gnorm)
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, None, None, None, None, None, None)))
 
 
 def marginal_rates(link: OrdinalLink, x, w):

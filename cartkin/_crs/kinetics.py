@@ -13,6 +13,7 @@ patients are split into batches.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 
 import diffrax as dfx
@@ -168,29 +169,23 @@ class BlockSampler:
 
     def __init__(self, kin: KineticPopulation, typicals: Sequence[Mapping[str, float]], key):
         pop = kin.population(typicals[0])
-        self.model = kin.model
         self.names = list(kin.model.parameters)
         self.typ = jnp.asarray([[t[k] for k in self.names] for t in typicals], float)
+        self.key = key
         eta_names = pop.eta_names
-        chol = jnp.asarray(np.linalg.cholesky(pop.omega_matrix + 1e-300 * np.eye(len(eta_names))))
-        cov_items = list(pop.covariates.items())
-        model, names = self.model, self.names
-
-        def one(typ_row, s, i):
-            k = jax.random.fold_in(jax.random.fold_in(key, s), i)
-            k_eta, k_cov = jax.random.split(k)
-            eta = chol @ jax.random.normal(k_eta, (len(eta_names),))
-            covs = {c: dist.sample(jax.random.fold_in(k_cov, j)) for j, (c, dist) in enumerate(cov_items)}
-            theta = {n: typ_row[j] for j, n in enumerate(names)}
-            return individual_parameters(model, theta, eta, eta_names, covs, ()), covs
-
-        self._fn = jax.jit(jax.vmap(one))
+        self.chol = jnp.asarray(np.linalg.cholesky(pop.omega_matrix + 1e-300 * np.eye(len(eta_names))))
+        self._fn = _sampler(kin.model, tuple(eta_names), tuple(pop.covariates.items()))
 
     def rows(self, draw, index):
         """Patients ``index[r]`` of draws ``draw[r]``: ``(theta {name: (R,)}, covariates)``."""
-        draw = np.asarray(draw, int)
-        th, cov = self._fn(self.typ[draw], jnp.asarray(draw), jnp.asarray(index, int))
-        return {k: np.asarray(v) for k, v in th.items()}, {k: np.asarray(v) for k, v in cov.items()}
+        draw, index = np.asarray(draw, int), np.asarray(index, int)
+        r = draw.size
+        size = max(64, 1 << (r - 1).bit_length())  # few distinct shapes: few compilations
+        pad = np.zeros(size - r, int)
+        d, i = np.concatenate([draw, pad]), np.concatenate([index, pad])
+        th, cov = self._fn(self.typ[d], self.key, jnp.asarray(d), jnp.asarray(i), self.chol)
+        return ({k: np.asarray(v)[:r] for k, v in th.items()},
+                {k: np.asarray(v)[:r] for k, v in cov.items()})
 
     def block(self, n: int, lo: int, hi: int):
         """Rows ``lo .. hi-1`` of the flattened (draw, patient) index with ``n`` patients per
@@ -199,3 +194,18 @@ class BlockSampler:
         draw, index = flat // n, flat % n
         th, cov = self.rows(draw, index)
         return th, cov["WT"], draw
+
+
+@functools.lru_cache(maxsize=16)
+def _sampler(model, eta_names, cov_items):
+    names = list(model.parameters)
+
+    def one(typ_row, key, s, i, chol):
+        k = jax.random.fold_in(jax.random.fold_in(key, s), i)
+        k_eta, k_cov = jax.random.split(k)
+        eta = chol @ jax.random.normal(k_eta, (len(eta_names),))
+        covs = {c: dist.sample(jax.random.fold_in(k_cov, j)) for j, (c, dist) in enumerate(cov_items)}
+        theta = {n: typ_row[j] for j, n in enumerate(names)}
+        return individual_parameters(model, theta, eta, eta_names, covs, ()), covs
+
+    return jax.jit(jax.vmap(one, in_axes=(0, None, 0, 0, None)))

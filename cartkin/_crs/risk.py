@@ -16,6 +16,7 @@ everything else as in the population).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Sequence
 
@@ -25,8 +26,9 @@ import numpy as np
 import pandas as pd
 
 from .._regimen import Dose, Intervention, Regimen
-from .calibrate import AggregateCohort, Calibration, Prior, calibrate, calibrate_batch, fit_table
+from .calibrate import AggregateCohort, Calibration, Prior, calibrate_batch, fit_table
 from .kinetics import BlockSampler, KineticPopulation, SolveSettings
+from .link import OrdinalLink, standardisation
 from .metrics import ExposureOutputs, final_metrics, response
 from .rules import (
     Tocilizumab,
@@ -129,15 +131,50 @@ def _groups(spec: DoseRiskSpec) -> list[_Group]:
     return groups
 
 
-def _rule_probs(rule, times, out, names, roles, beta, cuts, center, scale):
+def _needs_resimulation(rule) -> bool:
+    return rule is not None and bool(rule.kinetic_effects) and rule.rule == "il6"
+
+
+def _rule_key(rule):
+    """A hashable description of a rule's effect on the link (None: untreated)."""
+    return None if rule is None else (rule.rule, rule.grade, rule.il6_threshold, rule.blockade)
+
+
+def _rule_probs(key, times, out, names, roles, beta, cuts, center, scale):
     args = (times, out, names, roles, beta, cuts, center, scale)
-    if rule is None:
+    if key is None:
         return probs_untreated(*args)
-    if rule.rule == "prophylactic":
-        return probs_prophylactic(*args, rule.blockade)
-    if rule.rule == "grade":
-        return probs_grade_rule(*args, rule.blockade, rule.grade)
-    return probs_il6_rule(*args, rule.blockade, rule.il6_threshold)
+    rule, grade, threshold, blockade = key
+    if rule == "prophylactic":
+        return probs_prophylactic(*args, blockade)
+    if rule == "grade":
+        return probs_grade_rule(*args, blockade, grade)
+    return probs_il6_rule(*args, blockade, threshold)
+
+
+@functools.partial(jax.jit, static_argnames=("names", "roles", "rules", "nseg", "reduction"))
+def _block_summary(times, out, ok, seg, beta, cuts, center, scale, *, names, roles, rules, nseg,
+                   reduction):
+    """Per block of solves (D doses x B patients, patient b of draw ``seg[b]``): per draw and
+    dose, the sum over patients of P(G >= k) under each rule, of responses and of good solves,
+    and each solve's log peak IL-6 (NaN if it failed)."""
+    D, B = ok.shape
+    flat = {k: v.reshape(D * B, v.shape[-1]) for k, v in out.items()}
+    b = jnp.tile(beta[seg], (D, 1))
+    c = jnp.tile(cuts[seg], (D, 1))
+    okf = ok[..., None]
+
+    def per_draw(x):  # (D, B, ...) -> (D, nseg, ...)
+        return jnp.moveaxis(jax.ops.segment_sum(jnp.moveaxis(x, 1, 0), seg, num_segments=nseg), 0, 1)
+
+    sums = tuple(
+        per_draw(jnp.where(okf, _rule_probs(r, times, flat, names, roles, b, c, center, scale).reshape(D, B, -1), 0.0))
+        for r in rules
+    )
+    rsp = response(flat, roles, reduction).reshape(D, B) & ok
+    peak = final_metrics(times, flat, ("log_peak_il6",), roles)[:, 0].reshape(D, B) if roles.il6 \
+        else jnp.full((D, B), jnp.nan)
+    return sums, per_draw(rsp.astype(float)), per_draw(ok.astype(float)), jnp.where(ok, peak, jnp.nan)
 
 
 def simulate_metrics(kin, sampler, settings, regimens, names, roles, n, lo, hi, burden=None):
@@ -215,37 +252,47 @@ def run_dose_risk(
     names, roles = link.metrics, link.outputs
     info: dict = {"timings_s": {}}
 
-    # 1. point calibration: typical kinetics, many patients per cohort
+    # 1. virtual cohorts: typical kinetics with many patients (the reported calibration), and
+    #    for each draw of the kinetics, fewer patients (the link recalibrated under that draw)
     typ = kin.typical_theta()
-    xs, ws, nfail = cohort_metrics(kin, [typ], keys["point"], spec.point_patients, cohorts, settings, link)
-    x0, w0 = [x[0] for x in xs], [w[0] for w in ws]
-    cal = calibrate(names, cohorts, x0, w0, link.prior)
-    fit = fit_table(cal, x0, w0, seed=spec.seed)
-    info["point_calibration"] = {"patients_per_level": spec.point_patients, "failed_solves": nfail,
-                                 "converged": cal.converged, "grad_norm": cal.grad_norm}
-    info["timings_s"]["point_calibration"] = time.perf_counter() - t_start
+    x0, w0, nfail = cohort_metrics(kin, [typ], keys["point"], spec.point_patients, cohorts, settings, link)
+    pooled = np.concatenate([x[0] for x in x0])
+    center, scale = standardisation(pooled, np.concatenate([w[0] / w[0].sum() for w in w0]))
+    info["point_calibration"] = {"patients_per_level": spec.point_patients, "failed_solves": nfail}
+    S = spec.draws
+    typicals = kin.draw_typical(keys["kinetic"], S)
+    xs, ws = x0, w0
+    if kin.has_uncertainty:
+        xd, wd, nfail = cohort_metrics(kin, typicals, keys["calibration"], spec.calibration_patients,
+                                       cohorts, settings, link)
+        info["draw_calibration"] = {"patients_per_level": spec.calibration_patients, "failed_solves": nfail}
+        # one batch, one compilation: row 0 is the point calibration, rows 1..S the draws
+        # (patients padded with zero weight to a common size)
+        xs = [_stack_padded(a, b) for a, b in zip(x0, xd)]
+        ws = [_stack_padded(a, b) for a, b in zip(w0, wd)]
+    info["timings_s"]["cohort_simulation"] = time.perf_counter() - t_start
+    t0 = time.perf_counter()
+    phi_hat, cov, value, gnorm = calibrate_batch(names, cohorts, xs, ws, link.prior, center, scale)
+    template = OrdinalLink(tuple(names), jnp.asarray(center), jnp.asarray(scale),
+                           jnp.zeros(len(names)), jnp.zeros(4))
+    cal = Calibration(template.with_phi(jnp.asarray(phi_hat[0])), cov[0], float(value[0]),
+                      float(gnorm[0]), tuple(cohorts))
+    fit = fit_table(cal, [x[0] for x in x0], [w[0] for w in w0], seed=spec.seed)
+    info["point_calibration"].update(converged=cal.converged, grad_norm=cal.grad_norm)
+    if kin.has_uncertainty:
+        phi_hat, cov, gnorm = phi_hat[1:], cov[1:], gnorm[1:]
+        info["draw_calibration"]["unconverged_draws"] = int(np.sum(~(gnorm < 1e-3)))
+    else:
+        phi_hat, cov = np.repeat(phi_hat, S, 0), np.repeat(cov, S, 0)
     log(f"calibrated the link to {len(cohorts)} cohort(s): {int((fit['fit'] == 'ok').sum())} of "
         f"{len(fit)} reported rates within their binomial 95% interval")
 
-    # 2. draws: kinetics, then the link recalibrated under each and drawn from its posterior
-    S, p = spec.draws, cal.link.n_params
-    typicals = kin.draw_typical(keys["kinetic"], S)
-    t0 = time.perf_counter()
-    if kin.has_uncertainty:
-        xs, ws, nfail = cohort_metrics(kin, typicals, keys["calibration"], spec.calibration_patients,
-                                       cohorts, settings, link)
-        phi_hat, cov, _, gnorm = calibrate_batch(names, cohorts, xs, ws, link.prior,
-                                                 cal.link.center, cal.link.scale)
-        info["draw_calibration"] = {"patients_per_level": spec.calibration_patients,
-                                    "failed_solves": nfail,
-                                    "unconverged_draws": int(np.sum(~(gnorm < 1e-3)))}
-    else:
-        phi_hat = np.tile(np.asarray(cal.link.to_phi()), (S, 1))
-        cov = np.tile(cal.covariance, (S, 1, 1))
+    # 2. one link per draw, from the Laplace posterior under that draw's kinetics
+    p = cal.link.n_params
     z = np.asarray(jax.vmap(lambda s: jax.random.normal(jax.random.fold_in(keys["link"], s), (p,)))(
         jnp.arange(S)))
     phi = np.stack([phi_hat[s] + _sqrtm(cov[s]) @ z[s] for s in range(S)])
-    info["timings_s"]["draw_calibration"] = time.perf_counter() - t0
+    info["timings_s"]["calibration"] = time.perf_counter() - t0
     links = [cal.link.with_phi(jnp.asarray(f)) for f in phi]
     beta_s = np.stack([np.asarray(lk.beta) for lk in links])
     cuts_s = np.stack([np.asarray(lk.cuts) for lk in links])
@@ -255,6 +302,7 @@ def run_dose_risk(
     sampler = BlockSampler(kin, typicals, keys["patients"])
     D, n, times = len(spec.doses), spec.patients, settings.times
     center, scale = cal.link.center, cal.link.scale
+    t0 = time.perf_counter()
     rows, expo = [], []
     n_solves = 0
     for g in _groups(spec):
@@ -264,28 +312,33 @@ def run_dose_risk(
         cnt = np.zeros((D, S))
         peak = np.full((D, S * n), np.nan)
         per = max(1, settings.block // D)
+        plain = tuple(_rule_key(r) for r in g.rules if not _needs_resimulation(r))
         for lo in range(0, S * n, per):
             hi = min(S * n, lo + per)
             out, ok, draw, theta, weight = simulate_metrics(
                 kin, sampler, settings, regs, names, roles, n, lo, hi, g.profile)
             n_solves += ok.size
-            flat = {k: v.reshape(-1, v.shape[-1]) for k, v in out.items()}
-            dr = np.tile(draw, D)
-            b, c = jnp.asarray(beta_s[dr]), jnp.asarray(cuts_s[dr])
-            okf = ok.reshape(-1)
-            xf = np.asarray(final_metrics(times, flat, ("log_peak_il6",), roles))[:, 0] \
-                if roles.il6 else np.full(okf.shape, np.nan)
-            peak[:, lo:hi] = np.where(ok, xf.reshape(D, -1), np.nan)
-            rsp = np.asarray(response(flat, roles, spec.response_reduction)).reshape(D, -1)
+            s0 = int(draw[0])
+            seg = draw - s0
+            used = int(seg[-1]) + 1
+            nseg = per // n + 2  # fixed by the block and draw sizes: one compilation
+            pad = np.arange(s0, s0 + nseg) % S
+            args = (jnp.asarray(times), {k: jnp.asarray(v) for k, v in out.items()}, jnp.asarray(ok),
+                    jnp.asarray(seg), jnp.asarray(beta_s[pad]), jnp.asarray(cuts_s[pad]), center, scale)
+            kw = dict(names=tuple(names), roles=roles, nseg=nseg, reduction=spec.response_reduction)
+            sums, rsum, csum, pk = _block_summary(*args, rules=plain, **kw)
+            sums = list(sums)
             for ri, rule in enumerate(g.rules):
-                fl = flat
-                if rule is not None and rule.kinetic_effects and rule.rule == "il6":
-                    fl = _resimulate_il6(kin, settings, regs, theta, weight, out, roles, rule, times)
-                pr = np.asarray(_rule_probs(rule, jnp.asarray(times), {k: jnp.asarray(v) for k, v in fl.items()},
-                                            names, roles, b, c, center, scale)).reshape(D, -1, 4)
-                np.add.at(acc[ri], (slice(None), draw), np.where(ok[..., None], pr, 0.0))
-            np.add.at(cnt, (slice(None), draw), ok)
-            np.add.at(resp, (slice(None), draw), rsp & ok)
+                if _needs_resimulation(rule):
+                    new = _resimulate_il6(kin, settings, regs, theta, weight, out, roles, rule, times)
+                    extra = _block_summary(args[0], {k: jnp.asarray(v) for k, v in new.items()}, *args[2:],
+                                           rules=(_rule_key(rule),), **kw)[0][0]
+                    sums.insert(ri, extra)
+            for ri in range(len(g.rules)):
+                acc[ri][:, s0:s0 + used] += np.asarray(sums[ri])[:, :used]
+            resp[:, s0:s0 + used] += np.asarray(rsum)[:, :used]
+            cnt[:, s0:s0 + used] += np.asarray(csum)[:, :used]
+            peak[:, lo:hi] = np.asarray(pk)
         frac = spec.fractionated if g.kind == "fractionated" else (spec.fractions, spec.fraction_times)
         reg_label = _regimen_label(*frac)
         profile = "population" if g.profile is None else f"burden {g.profile:g}"
@@ -320,6 +373,18 @@ def run_dose_risk(
     table = pd.DataFrame(rows)
     exposure = pd.DataFrame(expo).drop_duplicates(["regimen", "profile", "dose"])
     return DoseRiskResult(table, dose_windows(table, spec), cal, fit, phi, exposure, info)
+
+
+def _stack_padded(a, b):
+    """Stack (1, P_a, ...) and (S, P_b, ...) along the first axis, padding the patient axis with
+    zeros (zero weight) to the larger size."""
+    P = max(a.shape[1], b.shape[1])
+
+    def pad(x):
+        width = [(0, 0), (0, P - x.shape[1])] + [(0, 0)] * (x.ndim - 2)
+        return np.pad(x, width)
+
+    return np.concatenate([pad(a), pad(b)])
 
 
 def _sqrtm(cov):

@@ -6,7 +6,8 @@ Sections (see ``fits/crs_hardiansyah.toml`` for a complete, commented example)::
     [model]          name (any cartkin ODE model with IL-6, CAR-T and tumour outputs)
     [population]     typical, omega (variances, natural scale), uncertainty (SE of typical
                      values, natural scale), burden (parameter), weight = {median, cv}
-    [exposure]       window, step (days), outputs = {il6, cart, tumour}, solver = {name, rtol, atol}
+    [exposure]       window, step (days), outputs = {il6, cart, tumour}, solver = {name, rtol, atol},
+                     block (solves per simulation call), chunk_size (see cartkin.simulate)
     [link]           metrics, prior = {metric = {mean, sd}}
     [calibration]    table, gradings, patients, point_patients, [[calibration.cohorts]]
     [doses]          grid, unit, regimen, fractionated, limit, response_reduction,
@@ -110,7 +111,7 @@ def scenario_from_dict(raw: Mapping, path, **overrides) -> CRSConfig:
         raise _err(path, f"[model]: {e}") from None
     kin = _population(path, model, raw["population"])
     exp = raw.get("exposure", {})
-    _only(path, "exposure", exp, {"window", "step", "outputs", "solver", "block", "note"})
+    _only(path, "exposure", exp, {"window", "step", "outputs", "solver", "block", "chunk_size", "note"})
     roles = ExposureOutputs(**{**dataclasses.asdict(ExposureOutputs()), **exp.get("outputs", {})}) \
         if set(exp.get("outputs", {})) <= {"il6", "cart", "tumour"} else None
     if roles is None:
@@ -118,7 +119,8 @@ def scenario_from_dict(raw: Mapping, path, **overrides) -> CRSConfig:
     solver, tol = _solver(path, exp.get("solver", {}))
     try:
         settings = SolveSettings(window=float(exp.get("window", 28.0)), step=float(exp.get("step", 0.25)),
-                                 solver=solver, block=int(exp.get("block", 8192)), **tol)
+                                 solver=solver, block=int(exp.get("block", 8192)),
+                                 chunk_size=exp.get("chunk_size"), **tol)
     except (TypeError, ValueError) as e:
         raise _err(path, f"[exposure]: {e}") from None
     link = _link(path, raw["link"], roles)
