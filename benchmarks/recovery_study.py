@@ -72,7 +72,7 @@ def main():
             f"0.56 on ln scale; LLOQ 50 copies/ug, M3), fitted by `cartkin.fit` (SAEM + "
             f"importance sampling). Wall time {time.perf_counter() - t0:.0f} s. Converged "
             f"(Newton decrement < 0.5): {conv:.0f}% of fits.\n\n"
-            f"{summ.round(1).to_markdown()}\n\nProduced by `python benchmarks/recovery_study.py "
+            f"```\n{summ.round(1).to_string()}\n```\n\nProduced by `python benchmarks/recovery_study.py "
             f"--replicates {args.replicates} --subjects {args.subjects}`.\n")
     Path(args.out).write_text(text)
     print(text)

@@ -218,24 +218,48 @@ def bandwidth(x) -> jax.Array:
     return 0.9 * jnp.std(x) * x.shape[0] ** -0.2
 
 
-def smooth_quantile(x, ps, h=None, iters: int = 8):
-    """Quantiles ``ps`` of the kernel-smoothed distribution of ``x`` and its density there.
+@jax.custom_jvp
+def kernel_quantile(x, h, ps):
+    """Quantiles ``ps`` of the distribution of ``x`` smoothed by a N(0, h^2) kernel.
 
-    Newton on F_h(q) = mean Phi((q - x)/h) = p from the sorted sample quantile (held constant):
-    the result and its derivatives are those of the root (the steps are differentiated through).
+    The root of F_h(q) = mean Phi((q - x_j)/h) = p, by Newton steps from the sorted sample
+    quantile. Its derivative (implicit function theorem) is the kernel-weighted mean of the
+    derivatives of the sample values near the quantile:
+    dq = sum_j phi_j (dx_j + u_j dh) / sum_j phi_j + dp / f_h(q), u_j = (q - x_j)/h.
     """
-    h = bandwidth(x) if h is None else h
-    q = jax.lax.stop_gradient(jnp.quantile(x, ps))
+    x, h, ps = jax.lax.stop_gradient((x, h, ps))
 
-    def cdf_pdf(q):
+    def newton(_, q):
         u = (q[:, None] - x[None, :]) / h
-        return (jnp.mean(jax.scipy.stats.norm.cdf(u), axis=1),
-                jnp.mean(jax.scipy.stats.norm.pdf(u), axis=1) / h)
+        F = jnp.mean(jax.scipy.stats.norm.cdf(u), axis=1)
+        f = jnp.mean(jax.scipy.stats.norm.pdf(u), axis=1) / h
+        return q - jnp.clip((F - ps) / f, -2 * h, 2 * h)
 
-    for _ in range(iters):
-        F, f = cdf_pdf(q)
-        q = q - jnp.clip((F - ps) / f, -2 * h, 2 * h)
-    return q, cdf_pdf(q)[1]
+    return jax.lax.fori_loop(0, 12, newton, jnp.quantile(x, ps))
+
+
+@kernel_quantile.defjvp
+def _kernel_quantile_jvp(primals, tangents):
+    x, h, ps = primals
+    dx, dh, dp = tangents
+    q = kernel_quantile(x, h, ps)
+    u = (q[:, None] - x[None, :]) / h
+    w = jax.scipy.stats.norm.pdf(u)
+    sw = jnp.sum(w, axis=1)
+    dq = (w @ dx + jnp.sum(w * u, axis=1) * dh + x.shape[0] * h * dp) / sw
+    return q, dq
+
+
+def kernel_density(x, h, q):
+    """The N(0, h^2) kernel density estimate of the distribution of ``x`` at points ``q``."""
+    return jnp.mean(jax.scipy.stats.norm.pdf((q[:, None] - x[None, :]) / h), axis=1) / h
+
+
+def smooth_quantile(x, ps, h=None):
+    """Kernel quantiles of ``x`` at ``ps`` (Silverman width unless ``h``) and the density there."""
+    h = bandwidth(x) if h is None else h
+    q = kernel_quantile(x, h, ps)
+    return q, kernel_density(x, h, q)
 
 
 def quantile_stats(logx, ps, n):
