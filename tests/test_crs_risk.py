@@ -151,3 +151,23 @@ def test_fit_run_folder(tmp_path):
     assert names == ("rE", "dE", "B0") and omega[2, 2] == 1.0 and omega[0, 0] == pytest.approx(0.09)
     assert kin.uncertainty[0] == ("rE", "dE") and np.allclose(kin.uncertainty[1], np.diag([0.01, 0.01]))
     assert new.kinetics_source.startswith("fit run")
+
+
+def test_tocilizumab_with_a_kinetic_effect_resimulates(small):
+    from cartkin._crs import Tocilizumab
+
+    base_cfg, base_res = small
+    tocis = (Tocilizumab("il6", il6_threshold=300.0, kinetic_effects={"rE": 0.5}),
+             Tocilizumab("prophylactic", kinetic_effects={"rE": 0.5}))
+    cfg = small_config(tocilizumab=tocis, burden_profiles=())
+    res = run_dose_risk(cfg.kinetics, cfg.link, cfg.cohorts, cfg.spec, cfg.settings, log=lambda *a: None)
+    t = res.table
+    base = t[t["scenario"] == "single infusion"].set_index("dose")
+    for label in ("tocilizumab at IL-6 > 300 pg/mL", "prophylactic tocilizumab"):
+        r = t[t["scenario"] == f"single infusion + {label}"].set_index("dose")
+        assert len(r) == len(cfg.spec.doses) and (r["failed_solves"] == 0).all()
+        # blocking IL-6 signalling and halving expansion cannot raise the risk
+        assert (r["p_crs3"] <= base["p_crs3"] + 1e-12).all()
+    # the untreated rows are those of the run without these rules
+    ref = base_res.table[(base_res.table["scenario"] == "single infusion") & (base_res.table["profile"] == "population")]
+    np.testing.assert_allclose(base["p_crs3"].to_numpy(), ref["p_crs3"].to_numpy(), rtol=1e-9)

@@ -256,6 +256,10 @@ def run_dose_risk(
     #    for each draw of the kinetics, fewer patients (the link recalibrated under that draw)
     typ = kin.typical_theta()
     x0, w0, nfail = cohort_metrics(kin, [typ], keys["point"], spec.point_patients, cohorts, settings, link)
+    empty = [c.name for c, w in zip(cohorts, w0) if not np.any(w[0] > 0)]
+    if empty:
+        raise ValueError(f"no virtual patient of cohort(s) {empty} could be simulated (all solves "
+                         "failed): check the population's parameters and the solver settings")
     pooled = np.concatenate([x[0] for x in x0])
     center, scale = standardisation(pooled, np.concatenate([w[0] / w[0].sum() for w in w0]))
     info["point_calibration"] = {"patients_per_level": spec.point_patients, "failed_solves": nfail}
@@ -330,8 +334,9 @@ def run_dose_risk(
             sums = list(sums)
             for ri, rule in enumerate(g.rules):
                 if _needs_resimulation(rule):
-                    new = _resimulate_il6(kin, settings, regs, theta, weight, out, roles, rule, times)
-                    extra = _block_summary(args[0], {k: jnp.asarray(v) for k, v in new.items()}, *args[2:],
+                    new, status = _resimulate_il6(kin, settings, regs, theta, weight, out, roles, rule, times)
+                    extra = _block_summary(args[0], {k: jnp.asarray(v) for k, v in new.items()},
+                                           jnp.asarray(ok & (status == 0)), *args[3:],
                                            rules=(_rule_key(rule),), **kw)[0][0]
                     sums.insert(ri, extra)
             for ri in range(len(g.rules)):
@@ -403,8 +408,8 @@ def _resimulate_il6(kin, settings, regs, theta, weight, out, roles, rule, times)
         th = {k: v[idx] for k, v in theta.items()}
         return settings.simulate(kin.model, th, regimens, weight[idx])
 
-    new, _ = resimulate_after_trigger(sim, regs, t_trig, rule.kinetic_effects, name="tocilizumab")
-    return {k: new[k].reshape(-1, new[k].shape[-1]) for k in out}
+    new, status = resimulate_after_trigger(sim, regs, t_trig, rule.kinetic_effects, name="tocilizumab")
+    return {k: new[k] for k in out}, status
 
 
 def dose_windows(table: pd.DataFrame, spec: DoseRiskSpec) -> pd.DataFrame:

@@ -6,7 +6,8 @@ Sections (see ``fits/crs_hardiansyah.toml`` for a complete, commented example)::
     [model]          name (any cartkin ODE model with IL-6, CAR-T and tumour outputs)
     [population]     typical, omega (variances, natural scale), uncertainty (SE of typical
                      values, natural scale), burden (parameter), weight = {median, cv}
-    [exposure]       window, step (days), outputs = {il6, cart, tumour}, solver = {name, rtol, atol},
+    [exposure]       window, step, fine_step, fine_until (days), outputs = {il6, cart, tumour},
+                     solver = {name (tsit5, ..., or batched), rtol, atol},
                      block (solves per simulation call), chunk_size (see cartkin.simulate)
     [link]           metrics, prior = {metric = {mean, sd}}
     [calibration]    table, gradings, patients, point_patients, [[calibration.cohorts]]
@@ -90,9 +91,13 @@ def _solver(path, table):
     _only(path, "exposure.solver", table, {"name", "rtol", "atol", "max_steps"})
     solvers = {"tsit5": dfx.Tsit5, "dopri5": dfx.Dopri5, "kvaerno5": dfx.Kvaerno5, "bosh3": dfx.Bosh3}
     name = str(table.get("name", "tsit5")).lower()
+    tol = {k: table[k] for k in ("rtol", "atol", "max_steps") if k in table}
+    if name in ("batched", "auto"):  # cartkin.simulate's own choice / batched Rosenbrock solver
+        return None, {"method": name, **tol}
     if name not in solvers:
-        raise _err(path, f"[exposure] solver name {name!r} unknown; choose from {list(solvers)}")
-    return solvers[name](), {k: table[k] for k in ("rtol", "atol", "max_steps") if k in table}
+        raise _err(path, f"[exposure] solver name {name!r} unknown; choose from "
+                         f"{list(solvers) + ['batched', 'auto']}")
+    return solvers[name](), tol
 
 
 def scenario_from_dict(raw: Mapping, path, **overrides) -> CRSConfig:
@@ -111,15 +116,16 @@ def scenario_from_dict(raw: Mapping, path, **overrides) -> CRSConfig:
         raise _err(path, f"[model]: {e}") from None
     kin = _population(path, model, raw["population"])
     exp = raw.get("exposure", {})
-    _only(path, "exposure", exp, {"window", "step", "outputs", "solver", "block", "chunk_size", "note"})
+    _only(path, "exposure", exp, {"window", "step", "fine_step", "fine_until", "outputs", "solver",
+                                 "block", "chunk_size", "note"})
     roles = ExposureOutputs(**{**dataclasses.asdict(ExposureOutputs()), **exp.get("outputs", {})}) \
         if set(exp.get("outputs", {})) <= {"il6", "cart", "tumour"} else None
     if roles is None:
         raise _err(path, "[exposure] outputs takes il6, cart and tumour (model output names)")
     solver, tol = _solver(path, exp.get("solver", {}))
     try:
-        settings = SolveSettings(window=float(exp.get("window", 28.0)), step=float(exp.get("step", 0.25)),
-                                 solver=solver, block=int(exp.get("block", 8192)),
+        grid = {k: float(exp[k]) for k in ("window", "step", "fine_step", "fine_until") if k in exp}
+        settings = SolveSettings(**grid, solver=solver, block=int(exp.get("block", 8192)),
                                  chunk_size=exp.get("chunk_size"), **tol)
     except (TypeError, ValueError) as e:
         raise _err(path, f"[exposure]: {e}") from None
