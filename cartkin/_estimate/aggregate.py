@@ -59,7 +59,8 @@ class Group:
 
     ``quantity`` is ``"C@<day>"`` (the level at a day) or an NCA metric (``NCA_METRICS``);
     ``kind`` is ``"quantiles"`` (``labels`` are probabilities, compared on the log scale) or
-    ``"moments"`` (``labels`` among ``"mean"``, ``"sd"``, natural scale).
+    ``"moments"`` (``labels`` among ``"mean"``, ``"sd"``, natural scale). A group with
+    ``fitted=False`` is simulated and compared but not part of the likelihood.
     """
 
     quantity: str
@@ -69,6 +70,7 @@ class Group:
     n: float
     unit: str = ""
     source: str = ""
+    fitted: bool = True
 
     @property
     def day(self) -> float | None:
@@ -139,13 +141,13 @@ class AggregateProblem(eqx.Module):
                 out[g.quantity] = nca_metric(g.quantity, th)
         return out
 
-    def fitted(self, psi) -> list[tuple[jax.Array, jax.Array]]:
+    def simulated_statistics(self, psi) -> list[tuple[jax.Array, jax.Array]]:
         """Per group: the simulated statistics (log scale for quantiles) and their covariance
         for a sample of the group's n."""
         q = self.quantities(psi)
         res = []
         for g in self.groups:
-            x = q[g.quantity if g.day is None else f"C@{g.day:g}"]
+            x = q[g.quantity]
             if g.kind == "quantiles":
                 res.append(quantile_stats(jnp.log(x), jnp.asarray(g.labels, float), g.n))
             else:
@@ -155,8 +157,9 @@ class AggregateProblem(eqx.Module):
     def nll(self, psi) -> jax.Array:
         """-log L of the published statistics (normal approximations, constants included)."""
         total = 0.0
-        for g, (mean, cov) in zip(self.groups, self.fitted(psi), strict=True):
-            total = total + gaussian_nll(observed_vector(g), mean, cov)
+        for g, (mean, cov) in zip(self.groups, self.simulated_statistics(psi), strict=True):
+            if g.fitted:
+                total = total + gaussian_nll(observed_vector(g), mean, cov)
         return total
 
 
@@ -288,3 +291,98 @@ def gaussian_nll(y, mean, cov) -> jax.Array:
     chol = jnp.linalg.cholesky(cov)
     r = jax.scipy.linalg.solve_triangular(chol, y - mean, lower=True)
     return 0.5 * (r @ r) + jnp.sum(jnp.log(jnp.diag(chol))) + 0.5 * len(y) * _LOG2PI
+
+
+# --------------------------------------------------------------------------- fit
+@dataclasses.dataclass(frozen=True)
+class AggregateResult:
+    """An aggregate fit: psi at the optimum, its covariance and the convergence record.
+
+    ``covariance`` is the inverse Hessian of -log L at ``psi`` (NaN if the Hessian is not
+    positive definite); ``newton_decrement`` is g' H^-1 g / 2, the log-likelihood still to gain;
+    ``mc_se`` the Monte Carlo SE of psi (:func:`monte_carlo_se`) once computed.
+    """
+
+    problem: AggregateProblem
+    psi: np.ndarray
+    nll: float
+    grad: np.ndarray
+    hessian: np.ndarray
+    covariance: np.ndarray
+    iterations: int
+    newton_decrement: float
+    converged: bool
+    trace: np.ndarray
+    mc_se: np.ndarray | None = None
+
+    @property
+    def se(self) -> np.ndarray:
+        return np.sqrt(np.diag(self.covariance))
+
+    @property
+    def grad_norm(self) -> float:
+        return float(np.max(np.abs(self.grad)))
+
+
+def fit_aggregate(problem: AggregateProblem, psi0, *, optimizer=None, max_iter: int = 500,
+                  gtol: float = 1e-6, callback=None) -> AggregateResult:
+    """Minimise ``problem.nll`` from ``psi0`` (float64), then the Hessian at the optimum.
+
+    ``optimizer`` is an ``optax.GradientTransformation`` (default ``optax.lbfgs()`` with its
+    zoom line search). Stops when max |gradient| < ``gtol`` or after ``max_iter`` steps;
+    converged means that and a positive-definite Hessian.
+    """
+    import optax
+
+    opt = optax.with_extra_args_support(optimizer or optax.lbfgs())
+
+    @eqx.filter_jit
+    def step(problem, x, state):
+        value, grad = optax.value_and_grad_from_state(problem.nll)(x, state=state)
+        updates, state = opt.update(grad, state, x, value=value, grad=grad,
+                                    value_fn=problem.nll)
+        return optax.apply_updates(x, updates), state, value, grad
+
+    x = jnp.asarray(psi0, float)
+    state = opt.init(x)
+    trace = []
+    it = 0
+    for it in range(1, max_iter + 1):
+        x_new, state, value, grad = step(problem, x, state)
+        trace.append((float(value), float(jnp.max(jnp.abs(grad)))))
+        if callback is not None:
+            callback(it, trace[-1])
+        if not np.isfinite(trace[-1][0]):
+            raise ValueError(f"the objective is not finite at iteration {it} (psi {np.asarray(x)})")
+        if trace[-1][1] < gtol:
+            break
+        x = x_new
+    value, grad = eqx.filter_jit(lambda p, x: jax.value_and_grad(p.nll)(x))(problem, x)
+    hess = np.asarray(eqx.filter_jit(lambda p, x: jax.hessian(p.nll)(x))(problem, x))
+    hess = 0.5 * (hess + hess.T)
+    grad = np.asarray(grad)
+    pd = bool(np.all(np.linalg.eigvalsh(hess) > 0))
+    cov = np.linalg.inv(hess) if pd else np.full_like(hess, np.nan)
+    dec = float(0.5 * grad @ cov @ grad) if pd else float("inf")
+    return AggregateResult(
+        problem=problem, psi=np.asarray(x), nll=float(value), grad=grad, hessian=hess,
+        covariance=cov, iterations=it, newton_decrement=dec,
+        converged=bool(pd and np.max(np.abs(grad)) < gtol),
+        trace=np.asarray(trace))
+
+
+def monte_carlo_se(problem: AggregateProblem, psi, covariance, *, batches: int = 10) -> np.ndarray:
+    """Monte Carlo SE of the estimate psi from the finite virtual population.
+
+    The gradient of -log L at ``psi`` is evaluated on ``batches`` disjoint sub-populations of
+    M / batches patients; its variance at size M is their variance / batches (simulated
+    statistics have Monte Carlo variance proportional to 1/M), and the estimate moves by
+    H^-1 times the gradient error: Var_MC(psi) = H^-1 Var(g_M) H^-1.
+    """
+    m = problem.n_virtual // batches
+    grad = eqx.filter_jit(lambda p, x: jax.grad(p.nll)(x))
+    g = np.stack([np.asarray(grad(eqx.tree_at(lambda p: p.z, problem,
+                                                 problem.z[b * m:(b + 1) * m]), psi))
+                  for b in range(batches)])
+    var_g = np.atleast_2d(np.cov(g.T)) / batches
+    return np.sqrt(np.diag(covariance @ var_g @ covariance))

@@ -50,7 +50,7 @@ from .._population import CategoricalEffect, ExpEffect, PowerEffect
 from .importance import ISOptions
 from .saem import SAEMOptions
 
-_SECTIONS = {"data", "model", "endpoints", "parameters", "iiv", "covariates", "method", "title", "description", "bayes"}
+_SECTIONS = {"data", "model", "endpoints", "parameters", "iiv", "covariates", "method", "title", "description", "bayes", "aggregate"}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,6 +20,10 @@ def run(args: argparse.Namespace) -> int:
     from ..api_fit import run_fit
 
     out = Path(args.out or Path("runs") / Path(args.config).stem)
+    from .._estimate.aggregate_run import cli_run_aggregate, has_aggregate_section
+
+    if has_aggregate_section(args.config):  # a fit to published summaries
+        return cli_run_aggregate(args.config, out, progress=not args.quiet)
     t0 = time.perf_counter()
     result = run_fit(args.config, out, progress=not args.quiet)
     tv = result.parameters
