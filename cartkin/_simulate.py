@@ -120,7 +120,7 @@ def default_chunk_size(solver=None) -> int:
     return _BATCHED_CPU_CHUNK if solver == "batched" else 256
 
 
-_BATCHED_CPU_CHUNK = 512
+_BATCHED_CPU_CHUNK = 1024
 
 
 def _padded_size(m: int, chunk: int) -> int:
@@ -148,7 +148,24 @@ def _solve_batch(model, solver, theta, ev, times, rtol, atol, max_steps_static):
     return jax.vmap(one)(theta, *ev)
 
 
+_SHARDED_CACHE: dict = {}
+
+
 def _sharded_solver(model, solver, max_steps, devices):
+    """The jitted, sharded solve; cached, so that a second call with the same model, solver and
+    devices does not compile again (a fresh ``jax.jit`` per call recompiled every time)."""
+    key = (model, solver, max_steps, tuple(devices))
+    try:
+        return _SHARDED_CACHE[key]
+    except TypeError:  # unhashable model or solver: build without caching
+        return _build_sharded_solver(model, solver, max_steps, devices)
+    except KeyError:
+        pass
+    out = _SHARDED_CACHE[key] = _build_sharded_solver(model, solver, max_steps, devices)
+    return out
+
+
+def _build_sharded_solver(model, solver, max_steps, devices):
     mesh = jax.sharding.Mesh(np.asarray(devices), ("patients",))
     spec = jax.sharding.PartitionSpec("patients")
     rep = jax.sharding.PartitionSpec()
