@@ -30,9 +30,13 @@ def main(argv=None) -> int:
     p.add_argument("--draws", type=int, default=200)
     p.add_argument("--patients", type=int, default=500)
     p.add_argument("--doses", type=int, default=10)
-    p.add_argument("--per", type=int, default=None,
-                   help="patients per simulation call, each at every dose (default 1000 on CPU, "
-                        "100000 on GPU); must divide draws x patients")
+    p.add_argument(
+        "--per",
+        type=int,
+        default=None,
+        help="patients per simulation call, each at every dose (default 1000 on CPU, "
+        "100000 on GPU); must divide draws x patients",
+    )
     p.add_argument("--chunk-size", type=int, default=None, help="cartkin.simulate chunk_size")
     p.add_argument("--calibration-patients", type=int, default=100)
     p.add_argument("--point-patients", type=int, default=1000)
@@ -41,7 +45,9 @@ def main(argv=None) -> int:
 
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={os.cpu_count() or 1}".strip()
+        os.environ["XLA_FLAGS"] = (
+            f"{flags} --xla_force_host_platform_device_count={os.cpu_count() or 1}".strip()
+        )
     import dataclasses
 
     import jax
@@ -56,8 +62,13 @@ def main(argv=None) -> int:
         raise SystemExit(f"--per {per} must divide draws x patients = {total}")
     doses = tuple(float(d) for d in np.geomspace(1e6, 3e9, args.doses))
     root = Path(__file__).parents[1]
-    over = dict(doses=doses, burden_profiles=(), fractionated=None,
-                calibration_patients=args.calibration_patients, point_patients=args.point_patients)
+    over = dict(
+        doses=doses,
+        burden_profiles=(),
+        fractionated=None,
+        calibration_patients=args.calibration_patients,
+        point_patients=args.point_patients,
+    )
     cfg = load_scenario(root / "fits" / "crs_hardiansyah.toml", **over)
     settings = dataclasses.replace(cfg.settings, block=per * len(doses), chunk_size=args.chunk_size)
     quiet = dict(log=lambda *a: None)
@@ -65,8 +76,13 @@ def main(argv=None) -> int:
 
     # warm-up: one full block (same shapes as the timed run), small calibration
     t0 = time.perf_counter()
-    w_spec = dataclasses.replace(cfg.spec, draws=max(1, per // args.patients), patients=args.patients,
-                                 calibration_patients=2, point_patients=2)
+    w_spec = dataclasses.replace(
+        cfg.spec,
+        draws=max(1, per // args.patients),
+        patients=args.patients,
+        calibration_patients=2,
+        point_patients=2,
+    )
     run_dose_risk(cfg.kinetics, cfg.link, cfg.cohorts, w_spec, settings, **quiet)
     warm = time.perf_counter() - t0
 
@@ -79,20 +95,30 @@ def main(argv=None) -> int:
     base = res.table[res.table["scenario"] == res.table["scenario"].iloc[0]]
     record = {
         "benchmark": "crs_risk",
-        "doses": len(doses), "draws": args.draws, "patients_per_draw": args.patients,
-        "patients_per_dose": total, "prediction_solves": solves,
+        "doses": len(doses),
+        "draws": args.draws,
+        "patients_per_draw": args.patients,
+        "patients_per_dose": total,
+        "prediction_solves": solves,
         "prediction_s": round(tim["prediction"], 2),
         "prediction_us_per_solve": round(1e6 * tim["prediction"] / solves, 1),
         "cohort_simulation_s": round(tim["cohort_simulation"], 2),
         "calibration_s": round(tim["calibration"], 2),
-        "total_s": round(wall, 2), "warmup_s": round(warm, 2),
+        "total_s": round(wall, 2),
+        "warmup_s": round(warm, 2),
         "failed_solves": int(res.table["failed_solves"].sum()),
-        "per_call_patients": per, "solves_per_call": per * len(doses),
-        "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-        "cpu_count": os.cpu_count(), "loadavg_start": load0, "loadavg_end": os.getloadavg(),
-        "python": sys.version.split()[0], "jax": jax.__version__,
+        "per_call_patients": per,
+        "solves_per_call": per * len(doses),
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "cpu_count": os.cpu_count(),
+        "loadavg_start": load0,
+        "loadavg_end": os.getloadavg(),
+        "python": sys.version.split()[0],
+        "jax": jax.__version__,
         "risk": base[["dose", "p_crs2", "p_crs3", "p_crs3_lo90", "p_crs3_hi90", "p_response"]]
-        .round(4).to_dict("records"),
+        .round(4)
+        .to_dict("records"),
     }
     text = json.dumps(record, indent=1)
     print(text)

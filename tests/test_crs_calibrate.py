@@ -8,7 +8,9 @@ import pytest
 from cartkin._crs.calibrate import AggregateCohort, Prior, calibrate, clopper_pearson, fit_table
 from cartkin._crs.link import OrdinalLink
 
-TRUTH = OrdinalLink(("x",), jnp.zeros(1), jnp.ones(1), jnp.array([1.2]), jnp.array([-0.5, 0.5, 2.0, 3.0]))
+TRUTH = OrdinalLink(
+    ("x",), jnp.zeros(1), jnp.ones(1), jnp.array([1.2]), jnp.array([-0.5, 0.5, 2.0, 3.0])
+)
 FLAT = Prior({"x": 0.0}, {"x": 100.0})
 
 
@@ -26,7 +28,9 @@ def _cohorts(rng, means, n, cuts, *, sample=True, patients=1000):
             ge = counts[::-1].cumsum()[::-1][1:]
         else:
             ge = np.round(p * n).astype(int)
-        cohorts.append(AggregateCohort(f"c{j}", n, {k: int(ge[k - 1]) for k in cuts}, ((1e8, 1.0),)))
+        cohorts.append(
+            AggregateCohort(f"c{j}", n, {k: int(ge[k - 1]) for k in cuts}, ((1e8, 1.0),))
+        )
         xs.append(x)
         ws.append(w)
     return cohorts, xs, ws
@@ -61,8 +65,10 @@ def test_misfit_is_reported():
     rng = np.random.default_rng(4)
     x = rng.normal(0.0, 1.0, size=(2000, 1))
     w = np.full(2000, 1 / 2000)
-    cohorts = [AggregateCohort("low", 300, {3: 3}, ((1e8, 1.0),)),
-               AggregateCohort("high", 300, {3: 90}, ((1e8, 1.0),))]
+    cohorts = [
+        AggregateCohort("low", 300, {3: 3}, ((1e8, 1.0),)),
+        AggregateCohort("high", 300, {3: 90}, ((1e8, 1.0),)),
+    ]
     cal = calibrate(["x"], cohorts, [x, x], [w, w], Prior({"x": 1.0}, {"x": 0.5}))
     table = fit_table(cal, [x, x], [w, w])
     assert list(table["fit"]) == ["misfit", "misfit"]

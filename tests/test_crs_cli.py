@@ -12,8 +12,20 @@ import pytest
 from cartkin.cli import main
 
 SHIPPED = Path(__file__).parents[1] / "fits" / "crs_hardiansyah.toml"
-TINY = ["--draws", "2", "--patients", "6", "--calibration-patients", "6", "--point-patients", "12",
-        "--doses", "1e7,1e9", "--burden", "0.5,8"]
+TINY = [
+    "--draws",
+    "2",
+    "--patients",
+    "6",
+    "--calibration-patients",
+    "6",
+    "--point-patients",
+    "12",
+    "--doses",
+    "1e7,1e9",
+    "--burden",
+    "0.5,8",
+]
 
 
 def tiny_toml(tmp_path: Path) -> Path:
@@ -36,8 +48,17 @@ def cli_run(tmp_path_factory):
 def test_cli_writes_table_plots_and_report(cli_run, capsys):
     rc, _, out = cli_run
     assert rc == 0
-    for f in ("dose_risk.csv", "dose_windows.csv", "calibration_fit.csv", "link_parameters.csv",
-              "dose_risk.png", "calibration.png", "exposure.png", "crs_risk.html", "run.json"):
+    for f in (
+        "dose_risk.csv",
+        "dose_windows.csv",
+        "calibration_fit.csv",
+        "link_parameters.csv",
+        "dose_risk.png",
+        "calibration.png",
+        "exposure.png",
+        "crs_risk.html",
+        "run.json",
+    ):
         assert (out / f).exists(), f
     t = pd.read_csv(out / "dose_risk.csv")
     assert {"scenario", "profile", "dose", "p_crs2", "p_crs3_hi90", "p_response"} <= set(t.columns)
@@ -79,12 +100,23 @@ def test_same_table_on_two_devices(cli_run, tmp_path):
     # the module's run used one device (pytest imports JAX before any flag); this one shards the
     # patients over two host devices in a fresh process
     rc, tmp, out = cli_run
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_ENABLE_X64": "1"}
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "JAX_ENABLE_X64": "1",
+    }
     out2 = tmp_path / "two"
-    code = ("import jax; assert len(jax.devices()) == 2; from cartkin.cli import main; import sys; "
-            "sys.exit(main(sys.argv[1:]))")
-    res = subprocess.run([sys.executable, "-c", code, "crs-risk", str(tiny_toml(tmp)), "--out", str(out2), *TINY],
-                         env=env, capture_output=True, text=True, timeout=600)
+    code = (
+        "import jax; assert len(jax.devices()) == 2; from cartkin.cli import main; import sys; "
+        "sys.exit(main(sys.argv[1:]))"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, "crs-risk", str(tiny_toml(tmp)), "--out", str(out2), *TINY],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     a, b = pd.read_csv(out / "dose_risk.csv"), pd.read_csv(out2 / "dose_risk.csv")
     pd.testing.assert_frame_equal(a, b, rtol=1e-9)

@@ -24,8 +24,13 @@ def test_link_probabilities_match_numpy():
     rng = np.random.default_rng(0)
     center, scale = np.array([5.0, 2.0]), np.array([2.0, 0.5])
     beta, cuts = np.array([1.3, -0.4]), np.array([-1.0, 0.2, 1.7, 2.9])
-    link = OrdinalLink(("log_peak_il6", "log_burden"), jnp.asarray(center), jnp.asarray(scale),
-                       jnp.asarray(beta), jnp.asarray(cuts))
+    link = OrdinalLink(
+        ("log_peak_il6", "log_burden"),
+        jnp.asarray(center),
+        jnp.asarray(scale),
+        jnp.asarray(beta),
+        jnp.asarray(cuts),
+    )
     x = rng.normal([5.0, 2.0], [3.0, 1.0], size=(200, 2))
     ref = _numpy_categories(x, center, scale, beta, cuts)
     got = np.asarray(link.categories(x))
@@ -48,7 +53,9 @@ def test_fit_individual_recovers_known_coefficients():
     n = 4000
     beta_true, cuts_true = 1.2, np.array([-0.5, 0.5, 2.0, 3.0])
     x = rng.normal(0.0, 1.0, size=(n, 1))
-    truth = OrdinalLink(("x",), jnp.zeros(1), jnp.ones(1), jnp.array([beta_true]), jnp.asarray(cuts_true))
+    truth = OrdinalLink(
+        ("x",), jnp.zeros(1), jnp.ones(1), jnp.array([beta_true]), jnp.asarray(cuts_true)
+    )
     u = rng.random(n)
     grades = (u[:, None] < np.asarray(truth.cumulative(x))).sum(1)
     link, cov = fit_individual(x, grades, ["x"])

@@ -15,8 +15,15 @@ from cartkin._crs import load_scenario, run_dose_risk
 from cartkin._crs.kinetics import BlockSampler
 
 SHIPPED = Path(__file__).parents[1] / "fits" / "crs_hardiansyah.toml"
-SMALL = dict(draws=3, patients=8, calibration_patients=8, point_patients=16, fractionated=None,
-             doses=(1e7, 1e8, 1e9), burden_profiles=(0.5, 2.0, 8.0))
+SMALL = dict(
+    draws=3,
+    patients=8,
+    calibration_patients=8,
+    point_patients=16,
+    fractionated=None,
+    doses=(1e7, 1e8, 1e9),
+    burden_profiles=(0.5, 2.0, 8.0),
+)
 
 
 def small_config(**over):
@@ -29,7 +36,9 @@ def small_config(**over):
 @pytest.fixture(scope="module")
 def small():
     cfg = small_config()
-    return cfg, run_dose_risk(cfg.kinetics, cfg.link, cfg.cohorts, cfg.spec, cfg.settings, log=lambda *a: None)
+    return cfg, run_dose_risk(
+        cfg.kinetics, cfg.link, cfg.cohorts, cfg.spec, cfg.settings, log=lambda *a: None
+    )
 
 
 def test_shipped_scenario_parses_to_verified_lee_rows():
@@ -46,10 +55,21 @@ def test_shipped_scenario_parses_to_verified_lee_rows():
 def test_table_columns_and_tocilizumab(small):
     cfg, res = small
     t = res.table
-    for col in ("p_crs2", "p_crs2_lo90", "p_crs2_hi90", "p_crs3", "p_crs3_lo90", "p_crs3_hi90",
-                "p_response", "p_response_lo90", "p_response_hi90"):
+    for col in (
+        "p_crs2",
+        "p_crs2_lo90",
+        "p_crs2_hi90",
+        "p_crs3",
+        "p_crs3_lo90",
+        "p_crs3_hi90",
+        "p_response",
+        "p_response_lo90",
+        "p_response_hi90",
+    ):
         assert t[col].between(0, 1).all(), col
-    assert (t["p_crs3_lo90"] <= t["p_crs3"] + 1e-12).all() and (t["p_crs3"] <= t["p_crs3_hi90"] + 1e-12).all()
+    assert (t["p_crs3_lo90"] <= t["p_crs3"] + 1e-12).all() and (
+        t["p_crs3"] <= t["p_crs3_hi90"] + 1e-12
+    ).all()
     assert (t["p_crs3"] <= t["p_crs2"]).all()
     base = t[t["scenario"] == "single infusion"].set_index(["profile", "dose"])
     g2 = t[t["scenario"].str.contains("grade >= 2")].set_index(["profile", "dose"])
@@ -83,7 +103,9 @@ def test_risk_rises_with_burden_and_with_dose_where_exposure_does(small):
 def test_windows_follow_the_table(small):
     cfg, res = small
     for _, w in res.windows.iterrows():
-        t = res.table[(res.table["scenario"] == w["scenario"]) & (res.table["profile"] == w["profile"])]
+        t = res.table[
+            (res.table["scenario"] == w["scenario"]) & (res.table["profile"] == w["profile"])
+        ]
         t = t.sort_values("dose")
         below = (t["p_crs3_hi90"] < cfg.spec.limit).to_numpy()
         if not below[0]:
@@ -120,15 +142,25 @@ def test_block_sampler_is_population_sample():
 
 def _fake_run(folder: Path, model: str, output: str, iiv: dict):
     folder.mkdir()
-    config = {"data": {"name": "stein2019_sim200"}, "model": {"name": model},
-              "endpoints": [{"dvid": 1, "output": output}],
-              "parameters": {"estimate": {k: v for k, v in iiv.items()}},
-              "iiv": {"omega": {k: 0.1 for k in iiv}}}
-    (folder / "run.json").write_text(json.dumps({"config": config, "config_file": str(folder / "fit.toml")}))
+    config = {
+        "data": {"name": "stein2019_sim200"},
+        "model": {"name": model},
+        "endpoints": [{"dvid": 1, "output": output}],
+        "parameters": {"estimate": {k: v for k, v in iiv.items()}},
+        "iiv": {"omega": {k: 0.1 for k in iiv}},
+    }
+    (folder / "run.json").write_text(
+        json.dumps({"config": config, "config_file": str(folder / "fit.toml")})
+    )
     names = list(iiv)
-    est = {"iiv": names, "domains": ["positive"] * len(names),
-           "beta": [[float(np.log(v))] for v in iiv.values()],
-           "omega": np.diag([0.09] * len(names)).tolist(), "fixed": {}, "log_sigma": [0.0]}
+    est = {
+        "iiv": names,
+        "domains": ["positive"] * len(names),
+        "beta": [[float(np.log(v))] for v in iiv.values()],
+        "omega": np.diag([0.09] * len(names)).tolist(),
+        "fixed": {},
+        "log_sigma": [0.0],
+    }
     (folder / "estimates.json").write_text(json.dumps(est))
     rows = [f"theta:{k}" for k in names] + [f"omega_diag:omega2({k})" for k in names]
     cov = np.diag([0.01] * len(names) + [0.001] * len(names))
@@ -149,7 +181,9 @@ def test_fit_run_folder(tmp_path):
     names, omega = kin.omega
     # the fit gives B0 no variability: the scenario's burden distribution is added
     assert names == ("rE", "dE", "B0") and omega[2, 2] == 1.0 and omega[0, 0] == pytest.approx(0.09)
-    assert kin.uncertainty[0] == ("rE", "dE") and np.allclose(kin.uncertainty[1], np.diag([0.01, 0.01]))
+    assert kin.uncertainty[0] == ("rE", "dE") and np.allclose(
+        kin.uncertainty[1], np.diag([0.01, 0.01])
+    )
     assert new.kinetics_source.startswith("fit run")
 
 
@@ -157,10 +191,14 @@ def test_tocilizumab_with_a_kinetic_effect_resimulates(small):
     from cartkin._crs import Tocilizumab
 
     base_cfg, base_res = small
-    tocis = (Tocilizumab("il6", il6_threshold=300.0, kinetic_effects={"rE": 0.5}),
-             Tocilizumab("prophylactic", kinetic_effects={"rE": 0.5}))
+    tocis = (
+        Tocilizumab("il6", il6_threshold=300.0, kinetic_effects={"rE": 0.5}),
+        Tocilizumab("prophylactic", kinetic_effects={"rE": 0.5}),
+    )
     cfg = small_config(tocilizumab=tocis, burden_profiles=())
-    res = run_dose_risk(cfg.kinetics, cfg.link, cfg.cohorts, cfg.spec, cfg.settings, log=lambda *a: None)
+    res = run_dose_risk(
+        cfg.kinetics, cfg.link, cfg.cohorts, cfg.spec, cfg.settings, log=lambda *a: None
+    )
     t = res.table
     base = t[t["scenario"] == "single infusion"].set_index("dose")
     for label in ("tocilizumab at IL-6 > 300 pg/mL", "prophylactic tocilizumab"):
@@ -169,5 +207,8 @@ def test_tocilizumab_with_a_kinetic_effect_resimulates(small):
         # blocking IL-6 signalling and halving expansion cannot raise the risk
         assert (r["p_crs3"] <= base["p_crs3"] + 1e-12).all()
     # the untreated rows are those of the run without these rules
-    ref = base_res.table[(base_res.table["scenario"] == "single infusion") & (base_res.table["profile"] == "population")]
+    ref = base_res.table[
+        (base_res.table["scenario"] == "single infusion")
+        & (base_res.table["profile"] == "population")
+    ]
     np.testing.assert_allclose(base["p_crs3"].to_numpy(), ref["p_crs3"].to_numpy(), rtol=1e-9)

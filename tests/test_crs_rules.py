@@ -40,7 +40,9 @@ def _params(P):
 def test_metrics_against_numpy():
     t, out = _synthetic()
     names = ("log_peak_il6", "tpeak_il6", "log_cmax_cart", "log_auc_cart", "log_burden")
-    x = np.asarray(final_metrics(jnp.asarray(t), {k: jnp.asarray(v) for k, v in out.items()}, names, ROLES))
+    x = np.asarray(
+        final_metrics(jnp.asarray(t), {k: jnp.asarray(v) for k, v in out.items()}, names, ROLES)
+    )
     np.testing.assert_allclose(x[:, 0], np.log(out["IL6"].max(1)), rtol=1e-13)
     np.testing.assert_allclose(x[:, 1], t[out["IL6"].argmax(1)])
     np.testing.assert_allclose(x[:, 2], np.log(out["CART"].max(1)), rtol=1e-13)
@@ -66,8 +68,11 @@ def test_grade_rule_matches_monte_carlo_of_the_latent_propensity():
     t, out = _synthetic(P=6, seed=1)
     beta, cuts, center, scale = _params(6)
     b, grade = 0.9, 2
-    exact = np.asarray(probs_grade_rule(t, out, NAMES, ROLES, jnp.asarray(beta), jnp.asarray(cuts),
-                                        center, scale, b, grade))
+    exact = np.asarray(
+        probs_grade_rule(
+            t, out, NAMES, ROLES, jnp.asarray(beta), jnp.asarray(cuts), center, scale, b, grade
+        )
+    )
     # Monte Carlo: latent eps; the grade at t_j is #{k: eta(t_j) + eps > c_k} with eta from the
     # peak IL-6 so far; tocilizumab at the first t_j with grade >= 2 blocks IL-6 after t_j
     rng = np.random.default_rng(5)
@@ -84,7 +89,7 @@ def test_grade_rule_matches_monte_carlo_of_the_latent_propensity():
             if j < 0:
                 peak[sel] = il6.max()
             else:
-                peak[sel] = max(il6[: j + 1].max(), (1 - b) * il6[j + 1:].max(initial=0.0))
+                peak[sel] = max(il6[: j + 1].max(), (1 - b) * il6[j + 1 :].max(initial=0.0))
         eta = beta[p, 0] * (np.log(peak) - center[0]) / scale[0]
         g = (eta[:, None] + eps[:, None] > cuts[p][None]).sum(1)
         mc = np.array([(g >= k).mean() for k in range(1, 5)])
@@ -101,14 +106,22 @@ def test_prophylactic_and_il6_rules():
     beta, cuts, center, scale = _params(6)
     b = 0.8
     pro = np.asarray(probs_prophylactic(t, out, NAMES, ROLES, beta, cuts, center, scale, b))
-    ref = np.asarray(probs_untreated(t, {**out, "IL6": out["IL6"] * (1 - b)}, NAMES, ROLES, beta, cuts, center, scale))
+    ref = np.asarray(
+        probs_untreated(
+            t, {**out, "IL6": out["IL6"] * (1 - b)}, NAMES, ROLES, beta, cuts, center, scale
+        )
+    )
     np.testing.assert_allclose(pro, ref, rtol=1e-12)
     thr = 200.0
     il6r = np.asarray(probs_il6_rule(t, out, NAMES, ROLES, beta, cuts, center, scale, b, thr))
     for p in range(6):
         il6 = out["IL6"][p]
         above = np.nonzero(il6 > thr)[0]
-        peak = il6.max() if not above.size else max(il6[: above[0] + 1].max(), (1 - b) * il6[above[0] + 1:].max())
+        peak = (
+            il6.max()
+            if not above.size
+            else max(il6[: above[0] + 1].max(), (1 - b) * il6[above[0] + 1 :].max())
+        )
         eta = beta[p, 0] * (np.log(peak) - center[0]) / scale[0]
         np.testing.assert_allclose(il6r[p], 1 / (1 + np.exp(-(eta - cuts[p]))), rtol=1e-12)
 
@@ -152,10 +165,15 @@ def test_resimulation_after_an_il6_trigger_matches_per_patient_solves():
         reg = regs[0]
         if np.isfinite(t_trig[0, i]):
             reg = reg.with_intervention(ck.Intervention(float(t_trig[0, i]), {"rE": 0.5}))
-        one = ck.simulate(model, {k: v[i:i + 1] for k, v in theta.items()}, times, reg, **kw)
+        one = ck.simulate(model, {k: v[i : i + 1] for k, v in theta.items()}, times, reg, **kw)
         np.testing.assert_allclose(new["IL6"][0, i], one.outputs["IL6"][0], rtol=1e-9)
-        # the same up to the trigger (to the solver tolerance: the event splits the solve), different after
+        # the same up to the trigger (to the solver tolerance: the event splits the solve),
+        # different after it
         k = int(j[0, i])
-        np.testing.assert_allclose(new["B"][0, i, : k + 1], base.outputs["B"][0, i, : k + 1], rtol=1e-5)
+        np.testing.assert_allclose(
+            new["B"][0, i, : k + 1], base.outputs["B"][0, i, : k + 1], rtol=1e-5
+        )
         if k + 2 < len(times):
-            assert not np.allclose(new["B"][0, i, k + 2:], base.outputs["B"][0, i, k + 2:], rtol=1e-6)
+            assert not np.allclose(
+                new["B"][0, i, k + 2 :], base.outputs["B"][0, i, k + 2 :], rtol=1e-6
+            )

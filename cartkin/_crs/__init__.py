@@ -6,7 +6,6 @@ uncertainty. Data flow: metrics -> link -> calibrate -> rules -> risk; scenario 
 from .calibrate import AggregateCohort as AggregateCohort
 from .calibrate import Calibration as Calibration
 from .calibrate import Prior as Prior
-from .calibrate import calibrate as calibrate_link
 from .calibrate import fit_table as fit_table
 from .kinetics import KineticPopulation as KineticPopulation
 from .kinetics import SolveSettings as SolveSettings

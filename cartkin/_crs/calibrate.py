@@ -63,9 +63,11 @@ class AggregateCohort:
             if k not in range(1, N_CUTS + 1):
                 raise ValueError(f"cohort {self.name!r}: cut grade {k} is not 1-4")
             if not 0 <= v <= self.n:
-                raise ValueError(f"cohort {self.name!r}: {v} events of grade >= {k} out of n = {self.n}")
+                raise ValueError(
+                    f"cohort {self.name!r}: {v} events of grade >= {k} out of n = {self.n}"
+                )
         ks = sorted(ev)
-        if any(ev[a] < ev[b] for a, b in zip(ks, ks[1:])):
+        if any(ev[a] < ev[b] for a, b in zip(ks, ks[1:], strict=False)):
             raise ValueError(f"cohort {self.name!r}: counts must not increase with the grade: {ev}")
         shares = np.array([s for _, s in self.doses], float)
         if len(self.doses) == 0 or np.any(shares <= 0) or not np.isclose(shares.sum(), 1.0):
@@ -80,7 +82,6 @@ class AggregateCohort:
         return ks, [e[j] - e[j + 1] for j in range(len(ks) + 1)]
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Prior:
     """Normal prior on each slope (per metric) of the link."""
@@ -92,15 +93,17 @@ class Prior:
         missing = [m for m in metrics if m not in self.mean or m not in self.sd]
         if missing:
             raise ValueError(f"the link prior gives no mean/sd for metric(s) {missing}")
-        return (np.array([self.mean[m] for m in metrics], float),
-                np.array([self.sd[m] for m in metrics], float))
+        return (
+            np.array([self.mean[m] for m in metrics], float),
+            np.array([self.sd[m] for m in metrics], float),
+        )
 
 
 def _neg_log_post(phi, xs, ws, counts, structure, center, scale, prior_mean, prior_sd):
     m = prior_mean.shape[0]
     beta, cuts = phi[:m], cuts_from_phi(phi[m:])
     total = 0.0
-    for x, w, cnt, ks in zip(xs, ws, counts, structure):
+    for x, w, cnt, ks in zip(xs, ws, counts, structure, strict=True):
         eta = ((x - center) / scale) @ beta
         pbar = w @ jax.nn.sigmoid(eta[:, None] - cuts)  # (4,)
         upper = jnp.concatenate([jnp.ones(1), pbar[jnp.asarray(ks) - 1]])
@@ -164,11 +167,23 @@ def calibrate(
         pooled = np.concatenate([np.asarray(x) for x in xs])
         wts = np.concatenate([np.asarray(w) / max(np.sum(w), 1e-300) for w in ws])
         center, scale = standardisation(pooled, wts)
-    phi, cov, value, gnorm = calibrate_batch(metrics, cohorts, [np.asarray(x)[None] for x in xs],
-                                             [np.asarray(w)[None] for w in ws], prior, center, scale,
-                                             steps=steps)
-    link = OrdinalLink(tuple(metrics), jnp.asarray(center, float), jnp.asarray(scale, float),
-                       jnp.zeros(len(metrics)), jnp.zeros(N_CUTS)).with_phi(jnp.asarray(phi[0]))
+    phi, cov, value, gnorm = calibrate_batch(
+        metrics,
+        cohorts,
+        [np.asarray(x)[None] for x in xs],
+        [np.asarray(w)[None] for w in ws],
+        prior,
+        center,
+        scale,
+        steps=steps,
+    )
+    link = OrdinalLink(
+        tuple(metrics),
+        jnp.asarray(center, float),
+        jnp.asarray(scale, float),
+        jnp.zeros(len(metrics)),
+        jnp.zeros(N_CUTS),
+    ).with_phi(jnp.asarray(phi[0]))
     return Calibration(link, cov[0], float(value[0]), float(gnorm[0]), tuple(cohorts))
 
 
@@ -183,9 +198,16 @@ def calibrate_batch(metrics, cohorts, xs, ws, prior: Prior, center, scale, *, st
     wn = [np.asarray(w, float) / np.maximum(np.sum(w, axis=-1, keepdims=True), 1e-300) for w in ws]
     fn = _batch_solver(tuple(tuple(c.intervals()[0]) for c in cohorts), steps)
     counts = [jnp.asarray(c.intervals()[1], float) for c in cohorts]
-    out = fn([jnp.asarray(x, float) for x in xs], [jnp.asarray(w) for w in wn], counts,
-             jnp.asarray(center, float), jnp.asarray(scale, float), jnp.asarray(prior_mean),
-             jnp.asarray(prior_sd), phi0)
+    out = fn(
+        [jnp.asarray(x, float) for x in xs],
+        [jnp.asarray(w) for w in wn],
+        counts,
+        jnp.asarray(center, float),
+        jnp.asarray(scale, float),
+        jnp.asarray(prior_mean),
+        jnp.asarray(prior_sd),
+        phi0,
+    )
     return tuple(np.asarray(o) for o in out)
 
 
@@ -233,22 +255,34 @@ def fit_table(cal: Calibration, xs, ws, *, n_draws: int = 2000, seed: int = 0) -
     draws = rng.multivariate_normal(phi, cov, size=n_draws, method="eigh")
     m = len(cal.link.metrics)
     rows = []
-    for c, x, w in zip(cal.cohorts, xs, ws):
+    for c, x, w in zip(cal.cohorts, xs, ws, strict=True):
         x = jnp.asarray(x, float)
         wn = jnp.asarray(np.asarray(w, float) / np.sum(w))
         z = (x - cal.link.center) / cal.link.scale
         eta_d = z @ jnp.asarray(draws[:, :m]).T  # (P, n_draws)
         cuts_d = cuts_from_phi(jnp.asarray(draws[:, m:]))  # (n_draws, 4)
-        pd_draws = np.asarray(jnp.einsum("p,pdk->dk", wn, jax.nn.sigmoid(eta_d[..., None] - cuts_d)))
+        pd_draws = np.asarray(
+            jnp.einsum("p,pdk->dk", wn, jax.nn.sigmoid(eta_d[..., None] - cuts_d))
+        )
         point = marginal_rates(cal.link, x, wn)
         for k, e in c.events.items():
             lo, hi = clopper_pearson(e, c.n)
             p = float(point[k - 1])
             plo, phi_ = np.quantile(pd_draws[:, k - 1], [0.025, 0.975])
-            rows.append({
-                "cohort": c.name, "grading": c.grading, "n": c.n, "grade_at_least": k,
-                "observed_events": e, "observed_rate": e / c.n, "observed_lo95": lo,
-                "observed_hi95": hi, "predicted_rate": p, "predicted_lo95": float(plo),
-                "predicted_hi95": float(phi_), "fit": "ok" if lo <= p <= hi else "misfit",
-            })
+            rows.append(
+                {
+                    "cohort": c.name,
+                    "grading": c.grading,
+                    "n": c.n,
+                    "grade_at_least": k,
+                    "observed_events": e,
+                    "observed_rate": e / c.n,
+                    "observed_lo95": lo,
+                    "observed_hi95": hi,
+                    "predicted_rate": p,
+                    "predicted_lo95": float(plo),
+                    "predicted_hi95": float(phi_),
+                    "fit": "ok" if lo <= p <= hi else "misfit",
+                }
+            )
     return pd.DataFrame(rows)

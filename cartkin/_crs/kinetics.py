@@ -29,6 +29,8 @@ from .._population import (
     individual_parameters,
     to_unconstrained,
 )
+from .._regimen import Dose, Regimen
+from .metrics import final_metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,13 +62,19 @@ class KineticPopulation:
         for what, names in (("typical", self.typical), ("omega", omega_names)):
             unknown = [k for k in names if k not in params]
             if unknown:
-                raise ValueError(f"{what} names unknown parameter(s) {unknown} of {self.model.name}")
+                raise ValueError(
+                    f"{what} names unknown parameter(s) {unknown} of {self.model.name}"
+                )
         if self.burden not in params:
-            raise ValueError(f"burden parameter {self.burden!r} is not a parameter of {self.model.name}")
+            raise ValueError(
+                f"burden parameter {self.burden!r} is not a parameter of {self.model.name}"
+            )
         names, cov = self.uncertainty_matrix()
         unknown = [k for k in names if k not in params]
         if unknown:
-            raise ValueError(f"uncertainty names unknown parameter(s) {unknown} of {self.model.name}")
+            raise ValueError(
+                f"uncertainty names unknown parameter(s) {unknown} of {self.model.name}"
+            )
         if np.any(np.linalg.eigvalsh(cov) < -1e-12) if len(names) else False:
             raise ValueError("the uncertainty covariance must be positive semi-definite")
 
@@ -110,7 +118,8 @@ class KineticPopulation:
     def population(self, typical: Mapping[str, float]) -> Population:
         wt_median, wt_cv = self.weight
         return Population(
-            self.model, dict(typical),
+            self.model,
+            dict(typical),
             omega=dict(self.omega) if isinstance(self.omega, Mapping) else self.omega,
             covariates={"WT": LogNormalCovariate(wt_median, wt_cv)},
         )
@@ -144,7 +153,10 @@ class SolveSettings:
 
     def __post_init__(self):
         if not self.window > 0 or not 0 < self.step <= self.window:
-            raise ValueError(f"exposure window {self.window} d and step {self.step} d must be positive, step <= window")
+            raise ValueError(
+                f"exposure window {self.window} d and step {self.step} d must be positive, "
+                "step <= window"
+            )
         if not 0 < self.fine_step <= self.step or self.fine_until < 0:
             raise ValueError("exposure fine_step must be in (0, step] and fine_until >= 0")
         if self.block < 1:
@@ -163,9 +175,19 @@ class SolveSettings:
         from .._simulate import simulate
 
         return simulate(
-            model, theta, self.times, list(regimens), weight=weight, solver=self.solver,
-            method=self.method, rtol=self.rtol, atol=self.atol, max_steps=self.max_steps,
-            chunk_size=self.chunk_size, devices=self.devices, progress=False,
+            model,
+            theta,
+            self.times,
+            list(regimens),
+            weight=weight,
+            solver=self.solver,
+            method=self.method,
+            rtol=self.rtol,
+            atol=self.atol,
+            max_steps=self.max_steps,
+            chunk_size=self.chunk_size,
+            devices=self.devices,
+            progress=False,
         )
 
 
@@ -185,7 +207,9 @@ class BlockSampler:
         self.typ = jnp.asarray([[t[k] for k in self.names] for t in typicals], float)
         self.key = key
         eta_names = pop.eta_names
-        self.chol = jnp.asarray(np.linalg.cholesky(pop.omega_matrix + 1e-300 * np.eye(len(eta_names))))
+        self.chol = jnp.asarray(
+            np.linalg.cholesky(pop.omega_matrix + 1e-300 * np.eye(len(eta_names)))
+        )
         self._fn = _sampler(kin.model, tuple(eta_names), tuple(pop.covariates.items()))
 
     def rows(self, draw, index):
@@ -196,8 +220,10 @@ class BlockSampler:
         pad = np.zeros(size - r, int)
         d, i = np.concatenate([draw, pad]), np.concatenate([index, pad])
         th, cov = self._fn(self.typ[d], self.key, jnp.asarray(d), jnp.asarray(i), self.chol)
-        return ({k: np.asarray(v)[:r] for k, v in th.items()},
-                {k: np.asarray(v)[:r] for k, v in cov.items()})
+        return (
+            {k: np.asarray(v)[:r] for k, v in th.items()},
+            {k: np.asarray(v)[:r] for k, v in cov.items()},
+        )
 
     def block(self, n: int, lo: int, hi: int):
         """Rows ``lo .. hi-1`` of the flattened (draw, patient) index with ``n`` patients per
@@ -216,8 +242,54 @@ def _sampler(model, eta_names, cov_items):
         k = jax.random.fold_in(jax.random.fold_in(key, s), i)
         k_eta, k_cov = jax.random.split(k)
         eta = chol @ jax.random.normal(k_eta, (len(eta_names),))
-        covs = {c: dist.sample(jax.random.fold_in(k_cov, j)) for j, (c, dist) in enumerate(cov_items)}
+        covs = {
+            c: dist.sample(jax.random.fold_in(k_cov, j)) for j, (c, dist) in enumerate(cov_items)
+        }
         theta = {n: typ_row[j] for j, n in enumerate(names)}
         return individual_parameters(model, theta, eta, eta_names, covs, ()), covs
 
     return jax.jit(jax.vmap(one, in_axes=(0, None, 0, 0, None)))
+
+
+def simulate_block(kin, sampler, settings, regimens, roles, n, lo, hi, burden=None):
+    """Solve rows ``lo..hi-1`` at every regimen.
+
+    Returns ``(outputs (D, B, T), ok (D, B), draw (B,), theta, weight)``.
+    """
+    theta, weight, draw = sampler.block(n, lo, hi)
+    if burden is not None:
+        theta[kin.burden] = np.full_like(theta[kin.burden], burden)
+    res = settings.simulate(kin.model, theta, regimens, weight)
+    keep = {k: res.outputs[k] for k in {roles.il6, roles.cart, roles.tumour} - {None}}
+    return keep, res.ok, draw, theta, weight
+
+
+def cohort_metrics(kin, typicals, key, n, cohorts, settings, names, roles):
+    """Virtual patients of every cohort, for every draw.
+
+    Returns ``xs[c]`` (S, P_c, m), ``ws[c]`` (S, P_c) and the number of failed solves.
+    """
+    levels = []
+    for ci, c in enumerate(cohorts):
+        for amount, share in c.doses:
+            levels.append((ci, Regimen((Dose(0.0, amount, c.per_kg),)), share))
+    regs = [r for _, r, _ in levels]
+    S = len(typicals)
+    sampler = BlockSampler(kin, typicals, key)
+    per = max(1, settings.block // len(regs))
+    x_all = np.zeros((len(regs), S * n, len(names)))
+    ok_all = np.zeros((len(regs), S * n), bool)
+    times = settings.times
+    for lo in range(0, S * n, per):
+        hi = min(S * n, lo + per)
+        out, ok, _, _, _ = simulate_block(kin, sampler, settings, regs, roles, n, lo, hi)
+        x_all[:, lo:hi] = np.asarray(final_metrics(times, out, names, roles))
+        ok_all[:, lo:hi] = ok & np.all(np.isfinite(x_all[:, lo:hi]), axis=-1)
+    xs, ws = [], []
+    for ci in range(len(cohorts)):
+        idx = [j for j, (cj, _, _) in enumerate(levels) if cj == ci]
+        x = np.concatenate([x_all[j].reshape(S, n, -1) for j in idx], axis=1)
+        w = np.concatenate([ok_all[j].reshape(S, n) * (levels[j][2] / n) for j in idx], axis=1)
+        xs.append(np.where(np.isfinite(x), x, 0.0))
+        ws.append(w)
+    return xs, ws, int((~ok_all).sum())

@@ -48,7 +48,7 @@ def phi_from_cuts(cuts):
 
 
 def cumulative_from_eta(eta, cuts):
-    """P(G >= k), k = 1..4, shape ``eta.shape + (4,)``; ``cuts`` broadcasts against eta[..., None]."""
+    """P(G >= k), k = 1..4: shape ``eta.shape + (4,)``; ``cuts`` broadcasts to eta[..., None]."""
     return jax.nn.sigmoid(eta[..., None] - cuts)
 
 
@@ -86,7 +86,9 @@ class OrdinalLink(eqx.Module):
                     f"got {jnp.shape(getattr(self, name))}"
                 )
         if jnp.shape(self.cuts) != (N_CUTS,):
-            raise ValueError(f"OrdinalLink.cuts must have shape ({N_CUTS},), got {jnp.shape(self.cuts)}")
+            raise ValueError(
+                f"OrdinalLink.cuts must have shape ({N_CUTS},), got {jnp.shape(self.cuts)}"
+            )
 
     @property
     def n_params(self) -> int:
@@ -118,9 +120,11 @@ class OrdinalLink(eqx.Module):
         return OrdinalLink(self.metrics, self.center, self.scale, phi[:m], cuts_from_phi(phi[m:]))
 
     def param_names(self) -> list[str]:
-        return [f"beta[{k}]" for k in self.metrics] + ["c1"] + [
-            f"log(c{k + 1}-c{k})" for k in range(1, N_CUTS)
-        ]
+        return (
+            [f"beta[{k}]" for k in self.metrics]
+            + ["c1"]
+            + [f"log(c{k + 1}-c{k})" for k in range(1, N_CUTS)]
+        )
 
     def describe(self) -> dict:
         return {
@@ -205,8 +209,13 @@ def fit_individual(
     frac = np.clip(frac, 0.5 / len(grades), 1 - 0.5 / len(grades))
     c0 = np.log1p(-frac) - np.log(frac)
     c0 = np.maximum.accumulate(c0 + 1e-3 * np.arange(N_CUTS))
-    link = OrdinalLink(tuple(metrics), jnp.asarray(center), jnp.asarray(scale),
-                       jnp.zeros(len(metrics)), jnp.asarray(c0))
+    link = OrdinalLink(
+        tuple(metrics),
+        jnp.asarray(center),
+        jnp.asarray(scale),
+        jnp.zeros(len(metrics)),
+        jnp.asarray(c0),
+    )
     xj, gj = jnp.asarray(x), jnp.asarray(grades)
     m = len(metrics)
 

@@ -25,9 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from .._regimen import Dose, Intervention, Regimen
+from .._regimen import Intervention, Regimen
 from .calibrate import AggregateCohort, Calibration, Prior, calibrate_batch, fit_table
-from .kinetics import BlockSampler, KineticPopulation, SolveSettings
+from .kinetics import BlockSampler, KineticPopulation, SolveSettings, cohort_metrics, simulate_block
 from .link import OrdinalLink, standardisation
 from .metrics import ExposureOutputs, final_metrics, response
 from .rules import (
@@ -38,6 +38,7 @@ from .rules import (
     probs_untreated,
     resimulate_after_trigger,
 )
+from .summary import dose_windows, exposure_rows, group_rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,8 +154,9 @@ def _rule_probs(key, times, out, names, roles, beta, cuts, center, scale):
 
 
 @functools.partial(jax.jit, static_argnames=("names", "roles", "rules", "nseg", "reduction"))
-def _block_summary(times, out, ok, seg, beta, cuts, center, scale, *, names, roles, rules, nseg,
-                   reduction):
+def _block_summary(
+    times, out, ok, seg, beta, cuts, center, scale, *, names, roles, rules, nseg, reduction
+):
     """Per block of solves (D doses x B patients, patient b of draw ``seg[b]``): per draw and
     dose, the sum over patients of P(G >= k) under each rule, of responses and of good solves,
     and each solve's log peak IL-6 (NaN if it failed)."""
@@ -165,55 +167,32 @@ def _block_summary(times, out, ok, seg, beta, cuts, center, scale, *, names, rol
     okf = ok[..., None]
 
     def per_draw(x):  # (D, B, ...) -> (D, nseg, ...)
-        return jnp.moveaxis(jax.ops.segment_sum(jnp.moveaxis(x, 1, 0), seg, num_segments=nseg), 0, 1)
+        return jnp.moveaxis(
+            jax.ops.segment_sum(jnp.moveaxis(x, 1, 0), seg, num_segments=nseg), 0, 1
+        )
 
     sums = tuple(
-        per_draw(jnp.where(okf, _rule_probs(r, times, flat, names, roles, b, c, center, scale).reshape(D, B, -1), 0.0))
+        per_draw(
+            jnp.where(
+                okf,
+                _rule_probs(r, times, flat, names, roles, b, c, center, scale).reshape(D, B, -1),
+                0.0,
+            )
+        )
         for r in rules
     )
     rsp = response(flat, roles, reduction).reshape(D, B) & ok
-    peak = final_metrics(times, flat, ("log_peak_il6",), roles)[:, 0].reshape(D, B) if roles.il6 \
+    peak = (
+        final_metrics(times, flat, ("log_peak_il6",), roles)[:, 0].reshape(D, B)
+        if roles.il6
         else jnp.full((D, B), jnp.nan)
-    return sums, per_draw(rsp.astype(float)), per_draw(ok.astype(float)), jnp.where(ok, peak, jnp.nan)
-
-
-def simulate_metrics(kin, sampler, settings, regimens, names, roles, n, lo, hi, burden=None):
-    """Solve rows ``lo..hi-1`` at every regimen: ``(outputs (D, B, T), ok (D, B), draw (B,), theta, weight)``."""
-    theta, weight, draw = sampler.block(n, lo, hi)
-    if burden is not None:
-        theta[kin.burden] = np.full_like(theta[kin.burden], burden)
-    res = settings.simulate(kin.model, theta, regimens, weight)
-    keep = {k: res.outputs[k] for k in {roles.il6, roles.cart, roles.tumour} - {None}}
-    return keep, res.ok, draw, theta, weight
-
-
-def cohort_metrics(kin, typicals, key, n, cohorts, settings, link: LinkSpec):
-    """Virtual patients of every cohort, for every draw: ``xs[c]`` (S, P_c, m), ``ws[c]`` (S, P_c)."""
-    levels = []
-    for ci, c in enumerate(cohorts):
-        for amount, share in c.doses:
-            levels.append((ci, Regimen((Dose(0.0, amount, c.per_kg),)), share))
-    regs = [r for _, r, _ in levels]
-    S = len(typicals)
-    sampler = BlockSampler(kin, typicals, key)
-    names = link.metrics
-    per = max(1, settings.block // len(regs))
-    x_all = np.zeros((len(regs), S * n, len(names)))
-    ok_all = np.zeros((len(regs), S * n), bool)
-    times = settings.times
-    for lo in range(0, S * n, per):
-        hi = min(S * n, lo + per)
-        out, ok, _, _, _ = simulate_metrics(kin, sampler, settings, regs, names, link.outputs, n, lo, hi)
-        x_all[:, lo:hi] = np.asarray(final_metrics(times, out, names, link.outputs))
-        ok_all[:, lo:hi] = ok & np.all(np.isfinite(x_all[:, lo:hi]), axis=-1)
-    xs, ws = [], []
-    for ci, c in enumerate(cohorts):
-        idx = [j for j, (cj, _, _) in enumerate(levels) if cj == ci]
-        x = np.concatenate([x_all[j].reshape(S, n, -1) for j in idx], axis=1)
-        w = np.concatenate([ok_all[j].reshape(S, n) * (levels[j][2] / n) for j in idx], axis=1)
-        xs.append(np.where(np.isfinite(x), x, 0.0))
-        ws.append(w)
-    return xs, ws, int((~ok_all).sum())
+    )
+    return (
+        sums,
+        per_draw(rsp.astype(float)),
+        per_draw(ok.astype(float)),
+        jnp.where(ok, peak, jnp.nan),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,39 +206,41 @@ class DoseRiskResult:
     info: dict
 
 
-def _summarise(values, q=(0.05, 0.95)):
-    v = np.asarray(values, float)
-    return float(np.nanmean(v)), *[float(x) for x in np.nanquantile(v, q)]
-
-
 def run_dose_risk(
     kin: KineticPopulation,
     link: LinkSpec,
     cohorts: Sequence[AggregateCohort],
     spec: DoseRiskSpec,
-    settings: SolveSettings = SolveSettings(),
+    settings: SolveSettings | None = None,
     *,
     log=print,
 ) -> DoseRiskResult:
     """Calibrate the link, propagate uncertainty and tabulate risk per dose (see module doc)."""
+    settings = SolveSettings() if settings is None else settings
     link.outputs.check(kin.model, link.metrics)
     if not cohorts:
         raise ValueError("no calibration cohorts: the link has nothing to be calibrated to")
     t_start = time.perf_counter()
     root = jax.random.PRNGKey(spec.seed)
-    keys = {name: jax.random.fold_in(root, i) for i, name in
-            enumerate(["kinetic", "point", "calibration", "link", "patients"])}
+    keys = {
+        name: jax.random.fold_in(root, i)
+        for i, name in enumerate(["kinetic", "point", "calibration", "link", "patients"])
+    }
     names, roles = link.metrics, link.outputs
     info: dict = {"timings_s": {}}
 
     # 1. virtual cohorts: typical kinetics with many patients (the reported calibration), and
     #    for each draw of the kinetics, fewer patients (the link recalibrated under that draw)
     typ = kin.typical_theta()
-    x0, w0, nfail = cohort_metrics(kin, [typ], keys["point"], spec.point_patients, cohorts, settings, link)
-    empty = [c.name for c, w in zip(cohorts, w0) if not np.any(w[0] > 0)]
+    x0, w0, nfail = cohort_metrics(
+        kin, [typ], keys["point"], spec.point_patients, cohorts, settings, names, roles
+    )
+    empty = [c.name for c, w in zip(cohorts, w0, strict=True) if not np.any(w[0] > 0)]
     if empty:
-        raise ValueError(f"no virtual patient of cohort(s) {empty} could be simulated (all solves "
-                         "failed): check the population's parameters and the solver settings")
+        raise ValueError(
+            f"no virtual patient of cohort(s) {empty} could be simulated (all solves "
+            "failed): check the population's parameters and the solver settings"
+        )
     pooled = np.concatenate([x[0] for x in x0])
     center, scale = standardisation(pooled, np.concatenate([w[0] / w[0].sum() for w in w0]))
     info["point_calibration"] = {"patients_per_level": spec.point_patients, "failed_solves": nfail}
@@ -267,20 +248,37 @@ def run_dose_risk(
     typicals = kin.draw_typical(keys["kinetic"], S)
     xs, ws = x0, w0
     if kin.has_uncertainty:
-        xd, wd, nfail = cohort_metrics(kin, typicals, keys["calibration"], spec.calibration_patients,
-                                       cohorts, settings, link)
-        info["draw_calibration"] = {"patients_per_level": spec.calibration_patients, "failed_solves": nfail}
+        xd, wd, nfail = cohort_metrics(
+            kin,
+            typicals,
+            keys["calibration"],
+            spec.calibration_patients,
+            cohorts,
+            settings,
+            names,
+            roles,
+        )
+        info["draw_calibration"] = {
+            "patients_per_level": spec.calibration_patients,
+            "failed_solves": nfail,
+        }
         # one batch, one compilation: row 0 is the point calibration, rows 1..S the draws
         # (patients padded with zero weight to a common size)
-        xs = [_stack_padded(a, b) for a, b in zip(x0, xd)]
-        ws = [_stack_padded(a, b) for a, b in zip(w0, wd)]
+        xs = [_stack_padded(a, b) for a, b in zip(x0, xd, strict=True)]
+        ws = [_stack_padded(a, b) for a, b in zip(w0, wd, strict=True)]
     info["timings_s"]["cohort_simulation"] = time.perf_counter() - t_start
     t0 = time.perf_counter()
     phi_hat, cov, value, gnorm = calibrate_batch(names, cohorts, xs, ws, link.prior, center, scale)
-    template = OrdinalLink(tuple(names), jnp.asarray(center), jnp.asarray(scale),
-                           jnp.zeros(len(names)), jnp.zeros(4))
-    cal = Calibration(template.with_phi(jnp.asarray(phi_hat[0])), cov[0], float(value[0]),
-                      float(gnorm[0]), tuple(cohorts))
+    template = OrdinalLink(
+        tuple(names), jnp.asarray(center), jnp.asarray(scale), jnp.zeros(len(names)), jnp.zeros(4)
+    )
+    cal = Calibration(
+        template.with_phi(jnp.asarray(phi_hat[0])),
+        cov[0],
+        float(value[0]),
+        float(gnorm[0]),
+        tuple(cohorts),
+    )
     fit = fit_table(cal, [x[0] for x in x0], [w[0] for w in w0], seed=spec.seed)
     info["point_calibration"].update(converged=cal.converged, grad_norm=cal.grad_norm)
     if kin.has_uncertainty:
@@ -288,13 +286,18 @@ def run_dose_risk(
         info["draw_calibration"]["unconverged_draws"] = int(np.sum(~(gnorm < 1e-3)))
     else:
         phi_hat, cov = np.repeat(phi_hat, S, 0), np.repeat(cov, S, 0)
-    log(f"calibrated the link to {len(cohorts)} cohort(s): {int((fit['fit'] == 'ok').sum())} of "
-        f"{len(fit)} reported rates within their binomial 95% interval")
+    log(
+        f"calibrated the link to {len(cohorts)} cohort(s): {int((fit['fit'] == 'ok').sum())} of "
+        f"{len(fit)} reported rates within their binomial 95% interval"
+    )
 
     # 2. one link per draw, from the Laplace posterior under that draw's kinetics
     p = cal.link.n_params
-    z = np.asarray(jax.vmap(lambda s: jax.random.normal(jax.random.fold_in(keys["link"], s), (p,)))(
-        jnp.arange(S)))
+    z = np.asarray(
+        jax.vmap(lambda s: jax.random.normal(jax.random.fold_in(keys["link"], s), (p,)))(
+            jnp.arange(S)
+        )
+    )
     phi = np.stack([phi_hat[s] + _sqrtm(cov[s]) @ z[s] for s in range(S)])
     info["timings_s"]["calibration"] = time.perf_counter() - t0
     links = [cal.link.with_phi(jnp.asarray(f)) for f in phi]
@@ -302,7 +305,6 @@ def run_dose_risk(
     cuts_s = np.stack([np.asarray(lk.cuts) for lk in links])
 
     # 3. prediction at every dose, per group of solves
-    t0 = time.perf_counter()
     sampler = BlockSampler(kin, typicals, keys["patients"])
     D, n, times = len(spec.doses), spec.patients, settings.times
     center, scale = cal.link.center, cal.link.scale
@@ -319,58 +321,55 @@ def run_dose_risk(
         plain = tuple(_rule_key(r) for r in g.rules if not _needs_resimulation(r))
         for lo in range(0, S * n, per):
             hi = min(S * n, lo + per)
-            out, ok, draw, theta, weight = simulate_metrics(
-                kin, sampler, settings, regs, names, roles, n, lo, hi, g.profile)
+            out, ok, draw, theta, weight = simulate_block(
+                kin, sampler, settings, regs, roles, n, lo, hi, g.profile
+            )
             n_solves += ok.size
             s0 = int(draw[0])
             seg = draw - s0
             used = int(seg[-1]) + 1
             nseg = per // n + 2  # fixed by the block and draw sizes: one compilation
             pad = np.arange(s0, s0 + nseg) % S
-            args = (jnp.asarray(times), {k: jnp.asarray(v) for k, v in out.items()}, jnp.asarray(ok),
-                    jnp.asarray(seg), jnp.asarray(beta_s[pad]), jnp.asarray(cuts_s[pad]), center, scale)
+            args = (
+                jnp.asarray(times),
+                {k: jnp.asarray(v) for k, v in out.items()},
+                jnp.asarray(ok),
+                jnp.asarray(seg),
+                jnp.asarray(beta_s[pad]),
+                jnp.asarray(cuts_s[pad]),
+                center,
+                scale,
+            )
             kw = dict(names=tuple(names), roles=roles, nseg=nseg, reduction=spec.response_reduction)
             sums, rsum, csum, pk = _block_summary(*args, rules=plain, **kw)
             sums = list(sums)
             for ri, rule in enumerate(g.rules):
                 if _needs_resimulation(rule):
-                    new, status = _resimulate_il6(kin, settings, regs, theta, weight, out, roles, rule, times)
-                    extra = _block_summary(args[0], {k: jnp.asarray(v) for k, v in new.items()},
-                                           jnp.asarray(ok & (status == 0)), *args[3:],
-                                           rules=(_rule_key(rule),), **kw)[0][0]
+                    new, status = _resimulate_il6(
+                        kin, settings, regs, theta, weight, out, roles, rule, times
+                    )
+                    extra = _block_summary(
+                        args[0],
+                        {k: jnp.asarray(v) for k, v in new.items()},
+                        jnp.asarray(ok & (status == 0)),
+                        *args[3:],
+                        rules=(_rule_key(rule),),
+                        **kw,
+                    )[0][0]
                     sums.insert(ri, extra)
             for ri in range(len(g.rules)):
-                acc[ri][:, s0:s0 + used] += np.asarray(sums[ri])[:, :used]
-            resp[:, s0:s0 + used] += np.asarray(rsum)[:, :used]
-            cnt[:, s0:s0 + used] += np.asarray(csum)[:, :used]
+                acc[ri][:, s0 : s0 + used] += np.asarray(sums[ri])[:, :used]
+            resp[:, s0 : s0 + used] += np.asarray(rsum)[:, :used]
+            cnt[:, s0 : s0 + used] += np.asarray(csum)[:, :used]
             peak[:, lo:hi] = np.asarray(pk)
-        frac = spec.fractionated if g.kind == "fractionated" else (spec.fractions, spec.fraction_times)
+        frac = (
+            spec.fractionated if g.kind == "fractionated" else (spec.fractions, spec.fraction_times)
+        )
         reg_label = _regimen_label(*frac)
         profile = "population" if g.profile is None else f"burden {g.profile:g}"
-        with np.errstate(invalid="ignore", divide="ignore"):
-            p_resp = resp / cnt
-            for ri, rule in enumerate(g.rules):
-                label = reg_label if rule is None else f"{reg_label} + {rule.label}"
-                risk = acc[ri] / cnt[..., None]
-                for d, dose in enumerate(spec.doses):
-                    row = {"scenario": label, "profile": profile,
-                           "burden": np.nan if g.profile is None else g.profile,
-                           "dose": dose, "dose_unit": "cells/kg" if spec.per_kg else "cells"}
-                    for k in (2, 3):
-                        est, lo_, hi_ = _summarise(risk[d, :, k - 1])
-                        row.update({f"p_crs{k}": est, f"p_crs{k}_lo90": lo_, f"p_crs{k}_hi90": hi_})
-                    est, lo_, hi_ = _summarise(p_resp[d])
-                    row.update({"p_response": est, "p_response_lo90": lo_, "p_response_hi90": hi_})
-                    row["p_crs1"] = _summarise(risk[d, :, 0])[0]
-                    row["p_crs4"] = _summarise(risk[d, :, 3])[0]
-                    row["median_peak_il6"] = float(np.exp(np.nanmedian(peak[d])))
-                    row["draws"], row["patients_per_draw"] = S, n
-                    row["failed_solves"] = int(S * n - cnt[d].sum())
-                    rows.append(row)
-        for d, dose in enumerate(spec.doses):
-            q = np.exp(np.nanquantile(peak[d], [0.05, 0.25, 0.5, 0.75, 0.95]))
-            expo.append({"regimen": reg_label, "profile": profile, "dose": dose,
-                         **{f"peak_il6_q{int(100 * a):02d}": v for a, v in zip([.05, .25, .5, .75, .95], q)}})
+        labels = [reg_label if r is None else f"{reg_label} + {r.label}" for r in g.rules]
+        rows += group_rows(spec, labels, profile, g.profile, acc, resp, cnt, peak, n)
+        expo += exposure_rows(spec, reg_label, profile, peak)
         log(f"  {profile}, {reg_label}: {S} draws x {n} patients x {D} doses")
     info["timings_s"]["prediction"] = time.perf_counter() - t0
     info["timings_s"]["total"] = time.perf_counter() - t_start
@@ -401,44 +400,16 @@ def _sqrtm(cov):
 def _resimulate_il6(kin, settings, regs, theta, weight, out, roles, rule, times):
     from .rules import il6_trigger_index
 
-    j = np.asarray(il6_trigger_index({roles.il6: jnp.asarray(out[roles.il6])}, roles, rule.il6_threshold))
+    j = np.asarray(
+        il6_trigger_index({roles.il6: jnp.asarray(out[roles.il6])}, roles, rule.il6_threshold)
+    )
     t_trig = np.where(j < len(times), times[np.minimum(j, len(times) - 1)], np.inf)
 
     def sim(idx, regimens):
         th = {k: v[idx] for k, v in theta.items()}
         return settings.simulate(kin.model, th, regimens, weight[idx])
 
-    new, status = resimulate_after_trigger(sim, regs, t_trig, rule.kinetic_effects, name="tocilizumab")
+    new, status = resimulate_after_trigger(
+        sim, regs, t_trig, rule.kinetic_effects, name="tocilizumab"
+    )
     return {k: new[k] for k in out}, status
-
-
-def dose_windows(table: pd.DataFrame, spec: DoseRiskSpec) -> pd.DataFrame:
-    """Per scenario and profile: the largest dose whose P(CRS >= 3) stays below the limit (by
-    the estimate, and by the upper end of its 90% interval, at that dose and every lower dose),
-    the smallest dose whose P(response) reaches the target, and the window between them."""
-    rows = []
-    for (scen, prof), t in table.groupby(["scenario", "profile"], sort=False):
-        t = t.sort_values("dose")
-        doses = t["dose"].to_numpy()
-
-        def largest_below(col):
-            below = t[col].to_numpy() < spec.limit
-            if not below[0]:
-                return np.nan
-            stop = np.argmin(below) if not below.all() else len(below)
-            return doses[stop - 1]
-
-        max_est = largest_below("p_crs3")
-        max_safe = largest_below("p_crs3_hi90")
-        min_eff = np.nan
-        if spec.response_target is not None:
-            hit = t["p_response"].to_numpy() >= spec.response_target
-            min_eff = doses[np.argmax(hit)] if hit.any() else np.nan
-        ok = np.isfinite(max_safe) and (spec.response_target is None or (np.isfinite(min_eff) and min_eff <= max_safe))
-        rows.append({"scenario": scen, "profile": prof, "limit_p_crs3": spec.limit,
-                     "max_dose_estimate": max_est, "max_dose_upper90": max_safe,
-                     "response_target": spec.response_target, "min_effective_dose": min_eff,
-                     "window_low": (min_eff if spec.response_target is not None else doses[0]) if ok else np.nan,
-                     "window_high": max_safe if ok else np.nan,
-                     "whole_grid_below_limit": bool((t["p_crs3_hi90"] < spec.limit).all())})
-    return pd.DataFrame(rows)

@@ -129,7 +129,9 @@ def probs_il6_rule(times, outputs, names, roles, beta, cuts, center, scale, bloc
 def probs_grade_rule(times, outputs, names, roles, beta, cuts, center, scale, blockade, grade):
     """Exact P(G >= k) under tocilizumab at grade ``grade`` (see the module docstring)."""
     run = eta_of(running_metrics(times, outputs, names, roles), beta[:, None], center, scale)
-    tox = eta_of(blocked_after(times, outputs, names, roles, blockade), beta[:, None], center, scale)
+    tox = eta_of(
+        blocked_after(times, outputs, names, roles, blockade), beta[:, None], center, scale
+    )
     untreated = cumulative(run[:, -1], cuts)  # (P, 4)
     cg = cuts[:, grade - 1]
     e = cg[:, None] - run  # (P, T), non-increasing in time

@@ -32,8 +32,18 @@ from .metrics import ExposureOutputs
 from .risk import DoseRiskSpec, LinkSpec
 from .rules import Tocilizumab
 
-_SECTIONS = {"title", "description", "model", "population", "exposure", "link", "calibration",
-             "doses", "tocilizumab", "uncertainty"}
+_SECTIONS = {
+    "title",
+    "description",
+    "model",
+    "population",
+    "exposure",
+    "link",
+    "calibration",
+    "doses",
+    "tocilizumab",
+    "uncertainty",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +70,9 @@ def _only(path, section, table, allowed):
         raise _err(path, f"[{section}] must be a table")
     unknown = set(table) - set(allowed)
     if unknown:
-        raise _err(path, f"unknown key(s) {sorted(unknown)} in [{section}]; allowed: {sorted(allowed)}")
+        raise _err(
+            path, f"unknown key(s) {sorted(unknown)} in [{section}]; allowed: {sorted(allowed)}"
+        )
 
 
 def load_scenario(path, **overrides) -> CRSConfig:
@@ -89,14 +101,22 @@ def _solver(path, table):
     import diffrax as dfx
 
     _only(path, "exposure.solver", table, {"name", "rtol", "atol", "max_steps"})
-    solvers = {"tsit5": dfx.Tsit5, "dopri5": dfx.Dopri5, "kvaerno5": dfx.Kvaerno5, "bosh3": dfx.Bosh3}
+    solvers = {
+        "tsit5": dfx.Tsit5,
+        "dopri5": dfx.Dopri5,
+        "kvaerno5": dfx.Kvaerno5,
+        "bosh3": dfx.Bosh3,
+    }
     name = str(table.get("name", "tsit5")).lower()
     tol = {k: table[k] for k in ("rtol", "atol", "max_steps") if k in table}
     if name in ("batched", "auto"):  # cartkin.simulate's own choice / batched Rosenbrock solver
         return None, {"method": name, **tol}
     if name not in solvers:
-        raise _err(path, f"[exposure] solver name {name!r} unknown; choose from "
-                         f"{list(solvers) + ['batched', 'auto']}")
+        raise _err(
+            path,
+            f"[exposure] solver name {name!r} unknown; choose from "
+            f"{list(solvers) + ['batched', 'auto']}",
+        )
     return solvers[name](), tol
 
 
@@ -116,17 +136,39 @@ def scenario_from_dict(raw: Mapping, path, **overrides) -> CRSConfig:
         raise _err(path, f"[model]: {e}") from None
     kin = _population(path, model, raw["population"])
     exp = raw.get("exposure", {})
-    _only(path, "exposure", exp, {"window", "step", "fine_step", "fine_until", "outputs", "solver",
-                                 "block", "chunk_size", "note"})
-    roles = ExposureOutputs(**{**dataclasses.asdict(ExposureOutputs()), **exp.get("outputs", {})}) \
-        if set(exp.get("outputs", {})) <= {"il6", "cart", "tumour"} else None
+    _only(
+        path,
+        "exposure",
+        exp,
+        {
+            "window",
+            "step",
+            "fine_step",
+            "fine_until",
+            "outputs",
+            "solver",
+            "block",
+            "chunk_size",
+            "note",
+        },
+    )
+    roles = (
+        ExposureOutputs(**{**dataclasses.asdict(ExposureOutputs()), **exp.get("outputs", {})})
+        if set(exp.get("outputs", {})) <= {"il6", "cart", "tumour"}
+        else None
+    )
     if roles is None:
         raise _err(path, "[exposure] outputs takes il6, cart and tumour (model output names)")
     solver, tol = _solver(path, exp.get("solver", {}))
     try:
         grid = {k: float(exp[k]) for k in ("window", "step", "fine_step", "fine_until") if k in exp}
-        settings = SolveSettings(**grid, solver=solver, block=int(exp.get("block", 8192)),
-                                 chunk_size=exp.get("chunk_size"), **tol)
+        settings = SolveSettings(
+            **grid,
+            solver=solver,
+            block=int(exp.get("block", 8192)),
+            chunk_size=exp.get("chunk_size"),
+            **tol,
+        )
     except (TypeError, ValueError) as e:
         raise _err(path, f"[exposure]: {e}") from None
     link = _link(path, raw["link"], roles)
@@ -135,10 +177,17 @@ def scenario_from_dict(raw: Mapping, path, **overrides) -> CRSConfig:
     except ValueError as e:
         raise _err(path, str(e)) from None
     cal = raw["calibration"]
-    _only(path, "calibration", cal, {"table", "gradings", "patients", "point_patients", "cohorts", "note"})
+    _only(
+        path,
+        "calibration",
+        cal,
+        {"table", "gradings", "patients", "point_patients", "cohorts", "note"},
+    )
     cohorts = cohorts_from_table(path, cal)
     spec = _spec(path, raw, cal, overrides)
-    return CRSConfig(str(path), str(raw.get("title", path.stem)), kin, link, cohorts, spec, settings, raw)
+    return CRSConfig(
+        str(path), str(raw.get("title", path.stem)), kin, link, cohorts, spec, settings, raw
+    )
 
 
 def _population(path, model, pop):
@@ -147,7 +196,8 @@ def _population(path, model, pop):
     _only(path, "population.weight", w, {"median", "cv"})
     try:
         return KineticPopulation(
-            model, _float_map(path, "population.typical", pop.get("typical", {})),
+            model,
+            _float_map(path, "population.typical", pop.get("typical", {})),
             _float_map(path, "population.omega", pop.get("omega", {})),
             _float_map(path, "population.uncertainty", pop.get("uncertainty", {})),
             burden=str(pop.get("burden", "B0")),
@@ -188,23 +238,39 @@ def cohorts_from_table(path, cal) -> tuple[AggregateCohort, ...]:
         raise _err(path, "[calibration] lists no [[calibration.cohorts]]")
     for i, c in enumerate(specs):
         where = f"[[calibration.cohorts]] #{i + 1}"
-        _only(path, where, c, {"product", "trial", "doses", "shares", "per_kg", "grades", "note", "name"})
+        _only(
+            path,
+            where,
+            c,
+            {"product", "trial", "doses", "shares", "per_kg", "grades", "note", "name"},
+        )
         try:
             product, trial, doses = c["product"], c["trial"], [float(d) for d in c["doses"]]
         except KeyError as k:
             raise _err(path, f"{where} needs {k}") from None
         rows = frame[(frame["product"] == product) & (frame["trial"] == trial)]
         if len(rows) != 1:
-            avail = "; ".join(f"{p} / {t}" for p, t in zip(frame["product"], frame["trial"]))
-            raise _err(path, f"{where}: no single row of {table.name} has product {product!r} and "
-                             f"trial {trial!r}; rows are: {avail}")
+            avail = "; ".join(
+                f"{p} / {t}" for p, t in zip(frame["product"], frame["trial"], strict=True)
+            )
+            raise _err(
+                path,
+                f"{where}: no single row of {table.name} has product {product!r} and "
+                f"trial {trial!r}; rows are: {avail}",
+            )
         row = rows.iloc[0]
         if row["status"] != "verified":
-            raise _err(path, f"{where}: the row {product} / {trial} is {row['status']!r}, not verified")
+            raise _err(
+                path, f"{where}: the row {product} / {trial} is {row['status']!r}, not verified"
+            )
         grading = "" if not isinstance(row["grading"], str) else row["grading"]
         if grading not in gradings:
-            raise _err(path, f"{where}: the row {product} / {trial} is graded {grading or 'on an unrecorded scale'!r}, "
-                             f"not on an accepted scale {gradings} (grades of different scales are not comparable)")
+            raise _err(
+                path,
+                f"{where}: the row {product} / {trial} is graded "
+                f"{grading or 'on an unrecorded scale'!r}, not on an accepted scale {gradings} "
+                "(grades of different scales are not comparable)",
+            )
         n = int(row["n"])
         pct = {}
         if np.isfinite(float(row["crs_any_pct"])):
@@ -218,14 +284,22 @@ def cohorts_from_table(path, cal) -> tuple[AggregateCohort, ...]:
             pct.setdefault(k, float(v))
         shares = c.get("shares", [1.0 / len(doses)] * len(doses))
         if len(shares) != len(doses):
-            raise _err(path, f"{where}: shares ({len(shares)}) and doses ({len(doses)}) differ in length")
+            raise _err(
+                path, f"{where}: shares ({len(shares)}) and doses ({len(doses)}) differ in length"
+            )
         try:
-            out.append(AggregateCohort(
-                str(c.get("name", f"{product} ({trial})")), n,
-                {k: int(round(v / 100.0 * n)) for k, v in pct.items()},
-                tuple(zip(doses, [float(s) for s in shares])), per_kg=bool(c.get("per_kg", False)),
-                grading=grading, source=str(row["source"]), note=str(c.get("note", "")),
-            ))
+            out.append(
+                AggregateCohort(
+                    str(c.get("name", f"{product} ({trial})")),
+                    n,
+                    {k: int(round(v / 100.0 * n)) for k, v in pct.items()},
+                    tuple(zip(doses, [float(s) for s in shares], strict=True)),
+                    per_kg=bool(c.get("per_kg", False)),
+                    grading=grading,
+                    source=str(row["source"]),
+                    note=str(c.get("note", "")),
+                )
+            )
         except ValueError as e:
             raise _err(path, f"{where}: {e}") from None
     return tuple(out)
@@ -233,8 +307,21 @@ def cohorts_from_table(path, cal) -> tuple[AggregateCohort, ...]:
 
 def _spec(path, raw, cal, overrides):
     d = raw["doses"]
-    _only(path, "doses", d, {"grid", "unit", "regimen", "fractionated", "limit", "response_reduction",
-                             "response_target", "burden_profiles"})
+    _only(
+        path,
+        "doses",
+        d,
+        {
+            "grid",
+            "unit",
+            "regimen",
+            "fractionated",
+            "limit",
+            "response_reduction",
+            "response_target",
+            "burden_profiles",
+        },
+    )
     unit = d.get("unit", "cells")
     if unit not in ("cells", "cells/kg"):
         raise _err(path, f"[doses] unit must be 'cells' or 'cells/kg', got {unit!r}")
@@ -242,7 +329,12 @@ def _spec(path, raw, cal, overrides):
     frac = d.get("fractionated")
     tocis = []
     for i, t in enumerate(raw.get("tocilizumab", [])):
-        _only(path, f"tocilizumab #{i + 1}", t, {"rule", "grade", "il6_threshold", "blockade", "kinetic_effects", "note"})
+        _only(
+            path,
+            f"tocilizumab #{i + 1}",
+            t,
+            {"rule", "grade", "il6_threshold", "blockade", "kinetic_effects", "note"},
+        )
         try:
             tocis.append(Tocilizumab(**{k: v for k, v in t.items() if k != "note"}))
         except (TypeError, ValueError) as e:
@@ -250,14 +342,21 @@ def _spec(path, raw, cal, overrides):
     unc = raw.get("uncertainty", {})
     _only(path, "uncertainty", unc, {"draws", "patients", "seed"})
     kw = dict(
-        doses=tuple(float(x) for x in d.get("grid", [])), per_kg=unit == "cells/kg",
-        fractions=tuple(reg.get("fractions", [1.0])), fraction_times=tuple(reg.get("times", [0.0])),
+        doses=tuple(float(x) for x in d.get("grid", [])),
+        per_kg=unit == "cells/kg",
+        fractions=tuple(reg.get("fractions", [1.0])),
+        fraction_times=tuple(reg.get("times", [0.0])),
         fractionated=None if frac is None else (tuple(frac["fractions"]), tuple(frac["times"])),
-        tocilizumab=tuple(tocis), burden_profiles=tuple(float(b) for b in d.get("burden_profiles", [])),
-        limit=float(d.get("limit", 0.10)), response_reduction=float(d.get("response_reduction", 0.5)),
-        response_target=d.get("response_target", 0.5), draws=int(unc.get("draws", 40)),
-        patients=int(unc.get("patients", 100)), calibration_patients=int(cal.get("patients", 100)),
-        point_patients=int(cal.get("point_patients", 1000)), seed=int(unc.get("seed", 1)),
+        tocilizumab=tuple(tocis),
+        burden_profiles=tuple(float(b) for b in d.get("burden_profiles", [])),
+        limit=float(d.get("limit", 0.10)),
+        response_reduction=float(d.get("response_reduction", 0.5)),
+        response_target=d.get("response_target", 0.5),
+        draws=int(unc.get("draws", 40)),
+        patients=int(unc.get("patients", 100)),
+        calibration_patients=int(cal.get("patients", 100)),
+        point_patients=int(cal.get("point_patients", 1000)),
+        seed=int(unc.get("seed", 1)),
     )
     kw.update({k: v for k, v in overrides.items() if v is not None})
     try:
@@ -287,11 +386,13 @@ def kinetics_from_run(run_dir, cfg: CRSConfig) -> CRSConfig:
     except ValueError as e:
         raise ValueError(f"{run_dir}: the fit's model cannot give CRS risk: {e}") from None
     if type(model) is not type(cfg.kinetics.model):
-        raise ValueError(f"{run_dir}: the fit's model is {model.name} but the scenario's is "
-                         f"{cfg.kinetics.model.name}; use a scenario written for {model.name}")
+        raise ValueError(
+            f"{run_dir}: the fit's model is {model.name} but the scenario's is "
+            f"{cfg.kinetics.model.name}; use a scenario written for {model.name}"
+        )
     iiv = list(est["iiv"])
     typical = {k: float(v) for k, v in est.get("fixed", {}).items()}
-    for name, dom, coefs in zip(iiv, est["domains"], est["beta"]):
+    for name, dom, coefs in zip(iiv, est["domains"], est["beta"], strict=True):
         typical[name] = float(from_unconstrained(dom, coefs[0]))
     omega = np.asarray(est["omega"], float)
     burden = cfg.kinetics.burden
@@ -305,13 +406,16 @@ def kinetics_from_run(run_dir, cfg: CRSConfig) -> CRSConfig:
         omega = big
     cov_file = run_dir / "covariance.csv"
     if not cov_file.exists():
-        raise FileNotFoundError(f"{run_dir} has no covariance.csv: the uncertainty of the fit is needed")
+        raise FileNotFoundError(
+            f"{run_dir} has no covariance.csv: the uncertainty of the fit is needed"
+        )
     cov = pd.read_csv(cov_file, index_col=0)
     rows = [f"theta:{k}" for k in iiv]
     missing = [r for r in rows if r not in cov.index]
     if missing:
         raise ValueError(f"{cov_file} lacks rows {missing}")
     unc = (tuple(iiv), cov.loc[rows, rows].to_numpy(float))
-    kin = KineticPopulation(model, typical, (tuple(names), omega), unc, burden=burden,
-                            weight=cfg.kinetics.weight)
+    kin = KineticPopulation(
+        model, typical, (tuple(names), omega), unc, burden=burden, weight=cfg.kinetics.weight
+    )
     return dataclasses.replace(cfg, kinetics=kin, kinetics_source=f"fit run {run_dir}")

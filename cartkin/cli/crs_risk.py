@@ -19,16 +19,29 @@ def add_parser(sub) -> None:
             "dose windows, the calibration fit, plots and an HTML section."
         ),
     )
-    p.add_argument("source", help="a CRS scenario (fits/crs_*.toml) or a fit run folder (runs/<name>/)")
-    p.add_argument("--scenario", default=None,
-                   help="the CRS scenario to use with a fit run folder (link, cohorts, doses)")
+    p.add_argument(
+        "source", help="a CRS scenario (fits/crs_*.toml) or a fit run folder (runs/<name>/)"
+    )
+    p.add_argument(
+        "--scenario",
+        default=None,
+        help="the CRS scenario to use with a fit run folder (link, cohorts, doses)",
+    )
     p.add_argument("--out", required=True, help="output folder (replaced if it exists)")
     p.add_argument("--draws", type=int, default=None, help="uncertainty draws (default: scenario)")
     p.add_argument("--patients", type=int, default=None, help="virtual patients per draw and dose")
-    p.add_argument("--calibration-patients", type=int, default=None,
-                   help="virtual patients per cohort dose level and draw")
-    p.add_argument("--point-patients", type=int, default=None,
-                   help="virtual patients per cohort dose level for the reported calibration")
+    p.add_argument(
+        "--calibration-patients",
+        type=int,
+        default=None,
+        help="virtual patients per cohort dose level and draw",
+    )
+    p.add_argument(
+        "--point-patients",
+        type=int,
+        default=None,
+        help="virtual patients per cohort dose level for the reported calibration",
+    )
     p.add_argument("--limit", type=float, default=None, help="limit on P(CRS >= 3)")
     p.add_argument("--doses", default=None, help="comma-separated dose grid (scenario's unit)")
     p.add_argument("--burden", default=None, help="comma-separated burden profiles")
@@ -51,8 +64,14 @@ def load(args):
 
     from .._crs.scenario import kinetics_from_run, load_scenario
 
-    over = {"draws": args.draws, "patients": args.patients, "limit": args.limit, "seed": args.seed,
-            "calibration_patients": args.calibration_patients, "point_patients": args.point_patients}
+    over = {
+        "draws": args.draws,
+        "patients": args.patients,
+        "limit": args.limit,
+        "seed": args.seed,
+        "calibration_patients": args.calibration_patients,
+        "point_patients": args.point_patients,
+    }
     if args.doses:
         over["doses"] = _floats(args.doses, "--doses")
     if args.burden is not None:
@@ -60,12 +79,16 @@ def load(args):
     src = Path(args.source)
     if src.is_dir():
         if not args.scenario:
-            raise ValueError(f"{src} is a run folder: name the CRS scenario with --scenario "
-                             "(e.g. fits/crs_hardiansyah.toml), which gives the link, cohorts and doses")
+            raise ValueError(
+                f"{src} is a run folder: name the CRS scenario with --scenario "
+                "(e.g. fits/crs_hardiansyah.toml), which gives the link, cohorts and doses"
+            )
         cfg = kinetics_from_run(src, load_scenario(args.scenario, **over))
     elif src.suffix == ".toml" or src.exists():
         if args.scenario:
-            raise ValueError("--scenario is only for a fit run folder; the TOML source is the scenario")
+            raise ValueError(
+                "--scenario is only for a fit run folder; the TOML source is the scenario"
+            )
         cfg = load_scenario(src, **over)
     else:
         raise FileNotFoundError(f"{src} is neither a CRS scenario (.toml) nor a fit run folder")
@@ -80,12 +103,16 @@ def main_table(result):
     t = result.table
     base = t["scenario"].iloc[0]
     m = t[(t["scenario"] == base) & (t["profile"] == "population")]
-    lines = [f"{base}, population: mean and 90% interval over {int(m['draws'].iloc[0])} draws "
-             f"x {int(m['patients_per_draw'].iloc[0])} patients",
-             f"{'dose':>10}  {'P(CRS>=2)':>19}  {'P(CRS>=3)':>19}  {'P(response)':>19}"]
+    lines = [
+        f"{base}, population: mean and 90% interval over {int(m['draws'].iloc[0])} draws "
+        f"x {int(m['patients_per_draw'].iloc[0])} patients",
+        f"{'dose':>10}  {'P(CRS>=2)':>19}  {'P(CRS>=3)':>19}  {'P(response)':>19}",
+    ]
     for _, r in m.iterrows():
-        cells = [f"{r[c]:.3f} [{r[c + '_lo90']:.3f}, {r[c + '_hi90']:.3f}]"
-                 for c in ("p_crs2", "p_crs3", "p_response")]
+        cells = [
+            f"{r[c]:.3f} [{r[c + '_lo90']:.3f}, {r[c + '_hi90']:.3f}]"
+            for c in ("p_crs2", "p_crs3", "p_response")
+        ]
         lines.append(f"{r['dose']:>10.3g}  " + "  ".join(f"{c:>19}" for c in cells))
     return "\n".join(lines)
 
@@ -112,43 +139,77 @@ def run(args: argparse.Namespace) -> int:
         write_table(res.exposure, tmp / "exposure", args.format)
         write_table(res.calibration.parameters(), tmp / "link_parameters", args.format)
         names = res.calibration.link.param_names()
-        write_table(pd.DataFrame(res.link_draws, columns=names).assign(draw=np.arange(len(res.link_draws))),
-                    tmp / "link_draws", args.format)
+        write_table(
+            pd.DataFrame(res.link_draws, columns=names).assign(draw=np.arange(len(res.link_draws))),
+            tmp / "link_draws",
+            args.format,
+        )
         label = f"dose (CAR-T {unit})"
         b = cfg.kinetics.burden
         blabel = f"{b} in {cfg.kinetics.model.parameters[b].unit}"
-        dose_risk_figure(res, cfg.spec, tmp / "dose_risk.png", dose_label=label, burden_label=blabel)
+        dose_risk_figure(
+            res, cfg.spec, tmp / "dose_risk.png", dose_label=label, burden_label=blabel
+        )
         calibration_figure(res.fit, tmp / "calibration.png")
         exposure_figure(res.exposure, tmp / "exposure.png", dose_label=label, burden_label=blabel)
-        figs = {"dose_risk.png": "risk per dose: mean and 90% interval; limit and dose window",
-                "calibration.png": "calibration to aggregated CRS rates",
-                "exposure.png": "peak IL-6 by dose and tumour burden"}
+        figs = {
+            "dose_risk.png": "risk per dose: mean and 90% interval; limit and dose window",
+            "calibration.png": "calibration to aggregated CRS rates",
+            "exposure.png": "peak IL-6 by dose and tumour burden",
+        }
         (tmp / "crs_risk.html").write_text(html_section(res, cfg, figs))
         record = {
-            "command": "crs-risk", "source": str(args.source), "scenario": cfg.source,
-            "kinetics": cfg.kinetics_source, "model": cfg.kinetics.model.name,
-            "citation": cfg.kinetics.model.citation, "title": cfg.title,
-            "cohorts": [{"name": c.name, "n": c.n, "events": c.events, "grading": c.grading,
-                         "doses": c.doses, "per_kg": c.per_kg, "source": c.source} for c in cfg.cohorts],
-            "link": res.calibration.link.describe(), "link_covariance": res.calibration.covariance.tolist(),
+            "command": "crs-risk",
+            "source": str(args.source),
+            "scenario": cfg.source,
+            "kinetics": cfg.kinetics_source,
+            "model": cfg.kinetics.model.name,
+            "citation": cfg.kinetics.model.citation,
+            "title": cfg.title,
+            "cohorts": [
+                {
+                    "name": c.name,
+                    "n": c.n,
+                    "events": c.events,
+                    "grading": c.grading,
+                    "doses": c.doses,
+                    "per_kg": c.per_kg,
+                    "source": c.source,
+                }
+                for c in cfg.cohorts
+            ],
+            "link": res.calibration.link.describe(),
+            "link_covariance": res.calibration.covariance.tolist(),
             "spec": {k: v for k, v in cfg.spec.__dict__.items() if k != "tocilizumab"},
             "tocilizumab": [t.__dict__ for t in cfg.spec.tocilizumab],
-            "exposure": {"window_days": cfg.settings.window, "step_days": cfg.settings.step,
-                         "solver": type(cfg.settings.solver).__name__, "rtol": cfg.settings.rtol,
-                         "atol": cfg.settings.atol},
-            "info": res.info, "wall_seconds": wall, "versions": versions(),
+            "exposure": {
+                "window_days": cfg.settings.window,
+                "step_days": cfg.settings.step,
+                "solver": type(cfg.settings.solver).__name__,
+                "rtol": cfg.settings.rtol,
+                "atol": cfg.settings.atol,
+            },
+            "info": res.info,
+            "wall_seconds": wall,
+            "versions": versions(),
             "config": cfg.raw,
         }
         (tmp / "run.json").write_text(json.dumps(record, indent=2, default=str))
     misfit = int((res.fit["fit"] == "misfit").sum())
     print(main_table(res))
-    print(f"calibration: {len(res.fit) - misfit} of {len(res.fit)} cohort rates within their "
-          f"binomial 95% interval{'' if not misfit else f'; {misfit} misfit (see calibration_fit)'}")
+    print(
+        f"calibration: {len(res.fit) - misfit} of {len(res.fit)} cohort rates within their "
+        f"binomial 95% interval{'' if not misfit else f'; {misfit} misfit (see calibration_fit)'}"
+    )
     w = res.windows.iloc[0]
     if np.isfinite(w["window_high"]):
-        print(f"dose window ({w['scenario']}, population): {w['window_low']:.3g} to "
-              f"{w['window_high']:.3g} {unit} (P(CRS >= 3) upper 90% < {cfg.spec.limit:g})")
+        print(
+            f"dose window ({w['scenario']}, population): {w['window_low']:.3g} to "
+            f"{w['window_high']:.3g} {unit} (P(CRS >= 3) upper 90% < {cfg.spec.limit:g})"
+        )
     else:
-        print(f"no dose window ({w['scenario']}, population) under P(CRS >= 3) < {cfg.spec.limit:g}")
+        print(
+            f"no dose window ({w['scenario']}, population) under P(CRS >= 3) < {cfg.spec.limit:g}"
+        )
     print(f"wrote {Path(args.out) / table.name} and plots in {wall:.0f} s")
     return 0
