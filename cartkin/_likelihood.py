@@ -205,6 +205,16 @@ class StatModel:
             out.append(np.stack(cols, axis=1))
         return out
 
+    def design_matrix(self, data: FitData) -> np.ndarray:
+        """X (N, d, P): per subject and parameter, the intercept and covariate columns
+        (zero-padded to the longest)."""
+        cols = self.design(data.covariates, data.n_subjects)
+        P = max(c.shape[1] for c in cols)
+        X = np.zeros((data.n_subjects, len(cols), P))
+        for j, c in enumerate(cols):
+            X[:, j, : c.shape[1]] = c
+        return X
+
     def theta_from_phi(self, phi: jnp.ndarray) -> dict[str, jnp.ndarray]:
         """Structural parameters of one subject from its phi (d,)."""
         base = {k: p.default for k, p in self.model.parameters.items()} | dict(self.fixed)

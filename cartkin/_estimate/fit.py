@@ -65,15 +65,6 @@ def _initial_beta(stat: StatModel, init: Mapping[str, float], X: np.ndarray) -> 
     return beta
 
 
-def _design(stat: StatModel, data: FitData) -> np.ndarray:
-    cols = stat.design(data.covariates, data.n_subjects)
-    P = max(c.shape[1] for c in cols)
-    X = np.zeros((data.n_subjects, len(cols), P))
-    for j, c in enumerate(cols):
-        X[:, j, : c.shape[1]] = c
-    return X
-
-
 def fit(
     stat: StatModel,
     data: FitData,
@@ -97,7 +88,7 @@ def fit(
     init = dict(init or {})
     timings = {}
     t_start = time.perf_counter()
-    X = _design(stat, data)
+    X = stat.design_matrix(data)
     d = len(stat.iiv)
     arrays = data_arrays(data)
     predict_one = make_predictor(stat, settings)
