@@ -13,10 +13,13 @@ Workloads (float64, rtol 1e-6, atol 1e-9 for every solver):
   every 3 days from day 0 to day 90;
 * Stein 2019 ODE (reference; non-stiff, no dose), IIV on Tmax, Cmax, alpha, beta, same times.
 
-Speed is patients per second of a warm call (compile time reported apart: first call minus warm
-call at the same shape). The scipy loop runs on a subset (``--scipy-n``) and its rate is applied
-to every N (a loop's cost is linear in N). Accuracy: largest relative error at the saved times
-against scipy LSODA at rtol 1e-10, atol 1e-14 on ``--ref-n`` patients, over values above 1e-6.
+Speed is patients per second of a warm call, by wall clock and per CPU-second of this process (the
+machine is shared: the CPU rate is less sensitive to other users' load; with two host devices it
+counts both cores' work). Compile time is reported apart (first call minus warm call; zero when an
+earlier row already compiled the same chunk shape). The scipy loop runs on a subset (``--scipy-n``)
+and its rate is applied to every N (a loop's cost is linear in N). Accuracy: largest relative error
+at the saved times against scipy LSODA at rtol 1e-10, atol 1e-14 on ``--ref-n`` patients, over
+values above 1e-6.
 
 Run ``python benchmarks/simulate.py`` (one host device) and, as the CLI does,
 ``XLA_FLAGS=--xla_force_host_platform_device_count=2 python benchmarks/simulate.py``.
@@ -215,10 +218,11 @@ def load():
 
 
 def timed(fn):
+    """(result, wall seconds, CPU seconds of this process, load average)."""
     l0 = load()
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     out = fn()
-    return out, time.perf_counter() - t0, max(l0, load())
+    return out, time.perf_counter() - t0, time.process_time() - c0, max(l0, load())
 
 
 def run_workload(name, ns, names, scipy_n, ref_n, repeats):
@@ -232,13 +236,13 @@ def run_workload(name, ns, names, scipy_n, ref_n, repeats):
     ref = scipy_loop(wl, theta, ref_idx, rtol=1e-10, atol=1e-14)
 
     idx = np.arange(scipy_n)
-    scipy_out, dt, ld = timed(lambda: scipy_loop(wl, theta, idx))
-    sp_rate = scipy_n / dt
+    scipy_out, dt, cpu, ld = timed(lambda: scipy_loop(wl, theta, idx))
+    sp_rate, sp_cpu = scipy_n / dt, scipy_n / cpu
     got = {k: np.stack([o[k] for o in scipy_out]) for k in scipy_out[0]}
     sp_err = max_rel_error(got, [ref[j] for j, i in enumerate(ref_idx) if i < scipy_n],
                            [i for i in ref_idx if i < scipy_n])
     rows.append(dict(variant=f"scipy LSODA loop ({scipy_n} patients)", n="all",
-                     rate=sp_rate, compile=0.0, err=sp_err, load=ld, ok=1.0))
+                     rate=sp_rate, cpu_rate=sp_cpu, compile=0.0, err=sp_err, load=ld, ok=1.0))
 
     for label in names:
         kw, cap = variants()[label]
@@ -252,30 +256,33 @@ def run_workload(name, ns, names, scipy_n, ref_n, repeats):
                                         progress=False, **kw)
 
             try:
-                res, t_first, ld = timed(call)
+                res, t_first, _, ld = timed(call)
             except Exception as e:  # noqa: BLE001 - a failing variant is a result to report
                 msg = str(e).splitlines()[0][:60]
                 rows.append(dict(variant=f"{label} FAILED: {type(e).__name__}: {msg}", n=n,
-                                 rate=float("nan"), compile=float("nan"), err=float("nan"),
-                                 load=load(), ok=0.0))
+                                 rate=float("nan"), cpu_rate=float("nan"), compile=float("nan"),
+                                 err=float("nan"), load=load(), ok=0.0))
                 break
-            warm = []
+            warm, warm_cpu = [], []
             for _ in range(repeats if n < n_max else 1):
-                res, t, ld2 = timed(call)
+                res, t, c, ld2 = timed(call)
                 warm.append(t)
+                warm_cpu.append(c)
                 ld = max(ld, ld2)
-            t_warm = min(warm)
+            t_warm, c_warm = min(warm), min(warm_cpu)
             err = max_rel_error(res.outputs, [ref[j] for j, i in enumerate(ref_idx) if i < n],
                                 [i for i in ref_idx if i < n])
-            rows.append(dict(variant=label, n=n, rate=n / t_warm, compile=max(0.0, t_first - t_warm),
-                             err=err, load=ld, ok=float(res.ok.mean())))
-    return rows, sp_rate
+            rows.append(dict(variant=label, n=n, rate=n / t_warm, cpu_rate=n / c_warm,
+                             compile=max(0.0, t_first - t_warm), err=err, load=ld,
+                             ok=float(res.ok.mean())))
+    return rows
 
 
 def machine():
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model_name = next(x.split(":", 1)[1].strip() for x in out.splitlines() if x.startswith("Model name"))
+        lines = out.splitlines()
+        model_name = next(x.split(":", 1)[1].strip() for x in lines if x.startswith("Model name"))
     except (OSError, StopIteration):
         model_name = platform.processor() or "unknown"
     return model_name
@@ -293,17 +300,21 @@ def main():
     devs = jax.devices()
     print(f"# {datetime.date.today()}  {machine()}, {os.cpu_count()} cores, "
           f"{len(devs)} host device(s); XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
-    print(f"# jax {jax.__version__}, diffrax {dfx.__version__ if hasattr(dfx, '__version__') else '?'}, "
+    dfx_version = getattr(dfx, "__version__", "?")
+    print(f"# jax {jax.__version__}, diffrax {dfx_version}, "
           f"scipy {scipy.__version__}, numpy {np.__version__}, cartkin {cartkin.__version__}; "
           f"rtol {RTOL:g} atol {ATOL:g}; load at start {load():.2f}")
     for name in args.workloads:
-        rows, sp_rate = run_workload(name, args.n, args.variants, args.scipy_n, args.ref_n,
-                                     args.repeats)
+        rows = run_workload(name, args.n, args.variants, args.scipy_n, args.ref_n, args.repeats)
+        sp = rows[0]
         print(f"\n## {name}\n")
-        print("| variant | N | patients/s | x scipy | compile s | max rel err | ok | load |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        print("| variant | N | patients/s (wall) | x scipy (wall) | patients per CPU-s | "
+              "x scipy (CPU) | compile s | max rel err | ok | load |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in rows:
-            print(f"| {r['variant']} | {r['n']} | {r['rate']:,.0f} | {r['rate'] / sp_rate:.1f} | "
+            print(f"| {r['variant']} | {r['n']} | {r['rate']:,.0f} | "
+                  f"{r['rate'] / sp['rate']:.1f} | "
+                  f"{r['cpu_rate']:,.0f} | {r['cpu_rate'] / sp['cpu_rate']:.1f} | "
                   f"{r['compile']:.1f} | {r['err']:.1e} | {r['ok']:.3f} | {r['load']:.2f} |",
                   flush=True)
 
