@@ -38,6 +38,11 @@ def main(argv=None) -> int:
         "100000 on GPU); must divide draws x patients",
     )
     p.add_argument("--chunk-size", type=int, default=None, help="cartkin.simulate chunk_size")
+    p.add_argument(
+        "--solver",
+        default=None,
+        help="tsit5 or batched (cartkin's Rosenbrock solver); default: the scenario's",
+    )
     p.add_argument("--calibration-patients", type=int, default=100)
     p.add_argument("--point-patients", type=int, default=1000)
     p.add_argument("--json", default=None, help="also write the record here")
@@ -71,6 +76,14 @@ def main(argv=None) -> int:
     )
     cfg = load_scenario(root / "fits" / "crs_hardiansyah.toml", **over)
     settings = dataclasses.replace(cfg.settings, block=per * len(doses), chunk_size=args.chunk_size)
+    if args.solver == "batched":
+        settings = dataclasses.replace(settings, solver=None, method="batched")
+    elif args.solver == "tsit5":
+        import diffrax as dfx
+
+        settings = dataclasses.replace(settings, solver=dfx.Tsit5(), method="auto")
+    elif args.solver is not None:
+        raise SystemExit(f"--solver must be tsit5 or batched, got {args.solver!r}")
     quiet = dict(log=lambda *a: None)
     load0 = os.getloadavg()
 

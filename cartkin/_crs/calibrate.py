@@ -156,7 +156,7 @@ def calibrate(
     *,
     center=None,
     scale=None,
-    steps: int = 300,
+    steps: int = 60,
 ) -> Calibration:
     """Calibrate the link to ``cohorts`` given each cohort's virtual patients ``xs[c]`` (P_c, m)
     and weights ``ws[c]`` (P_c,) (zero for failed solves). ``center``/``scale`` default to the
@@ -187,7 +187,7 @@ def calibrate(
     return Calibration(link, cov[0], float(value[0]), float(gnorm[0]), tuple(cohorts))
 
 
-def calibrate_batch(metrics, cohorts, xs, ws, prior: Prior, center, scale, *, steps: int = 300):
+def calibrate_batch(metrics, cohorts, xs, ws, prior: Prior, center, scale, *, steps: int = 60):
     """Calibrate S links at once (one per kinetic draw): ``xs[c]`` (S, P_c, m), ``ws[c]`` (S, P_c).
 
     Returns ``(phi (S, p), covariance (S, p, p), -log posterior (S,), gradient norm (S,))``.

@@ -358,7 +358,7 @@ def _spec(path, raw, cal, overrides):
         point_patients=int(cal.get("point_patients", 1000)),
         seed=int(unc.get("seed", 1)),
     )
-    kw.update({k: v for k, v in overrides.items() if v is not None})
+    kw.update(overrides)
     try:
         return DoseRiskSpec(**kw)
     except (TypeError, ValueError, KeyError) as e:

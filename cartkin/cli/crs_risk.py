@@ -72,6 +72,7 @@ def load(args):
         "calibration_patients": args.calibration_patients,
         "point_patients": args.point_patients,
     }
+    over = {k: v for k, v in over.items() if v is not None}
     if args.doses:
         over["doses"] = _floats(args.doses, "--doses")
     if args.burden is not None:
