@@ -70,7 +70,9 @@ UPN3       Kvaerno5              809 + 724               123 ms       1,585 ms
 Tsit5 is stability-limited (:math:`k_{in}` = 76.8 /d, :math:`d_E` = 23 /d): its steps grow with
 the horizon (0-730 d: 19,328 + 4,383 for UPN1, more than ``simulate``'s default ``max_steps`` =
 16,384 per segment, so the solve fails with MAX_STEPS), while Kvaerno5 needs 651 + 577 for 730 d.
-Hence ``stiff = True`` (Kvaerno5 by default): about 1.6-2.5x slower than Tsit5 on a 400-d CPU run,
+Hence ``stiff = True``: ``simulate`` then uses cartkin's batched Rodas5 solver
+(``cartkin/_batched.py``: 189 + 12 steps over 90 d; see benchmarks/README.md), and fits use
+Kvaerno5 (diffrax), which is about 1.6-2.5x slower than Tsit5 on a 400-d CPU run,
 but robust to the horizon and to faster parameter draws. At rtol 1e-10, Tsit5 takes 12,374 + 1,747
 steps (UPN1, 400 d), Kvaerno5 4,885 + 4,567. Kvaerno5 rejects nearly one step per accepted step
 with the default PID controller; ``PIDController(pcoeff=0.3, icoeff=0.3)`` cuts UPN1 to 431 + 70.
