@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .aggregate import log_level
+from .aggregate import log_level, observed_vector
 
 _PUB, _FIT = "#c0392b", "#1f5f8b"
 _NAMES = {"cmax": "Cmax", "tmax": "Tmax", "auc_0_28d": "AUC 0-28 d", "auc_0_6m": "AUC 0-6 months"}
@@ -43,7 +43,8 @@ def plot_aggregate(cfg, result, path: Path) -> Path:
         ax.set_visible(False)
     fig.suptitle(textwrap.fill(cfg.title, 95), fontsize=10)
     fig.text(0.01, 0.005, f"{cfg.model.name} population, M = {prob.n_virtual} virtual patients; "
-             f"bars/markers: published (n = {_ns(prob.groups)}); -2 log L = {2 * result.nll:.2f}",
+             f"bars/markers: published (n = {_ns(prob.groups)}); chi2 = {result.chi2:.2f} on "
+             f"{result.df} df",
              fontsize=7, color="0.35")
     fig.tight_layout(rect=(0, 0.02, 1, 0.96))
     fig.savefig(path, dpi=130)
@@ -56,7 +57,7 @@ def _z_scores(result) -> dict:
     out = {}
     for g, (mean, cov) in zip(result.problem.groups,
                               result.problem.simulated_statistics(result.psi), strict=True):
-        obs = np.log(g.observed) if g.kind == "quantiles" else np.asarray(g.observed)
+        obs = np.asarray(observed_vector(g))
         zz = (obs - np.asarray(mean)) / np.sqrt(np.diag(np.asarray(cov)))
         out.update({(g.quantity, lab): float(v) for lab, v in zip(g.labels, zz, strict=True)})
     return out

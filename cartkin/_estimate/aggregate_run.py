@@ -58,6 +58,7 @@ from .aggregate import (
     fit_aggregate,
     make_problem,
     monte_carlo_se,
+    observed_vector,
 )
 
 _TOP = {"title", "description", "assumptions", "aggregate", "model", "parameters", "iiv", "method"}
@@ -68,7 +69,7 @@ _KEYS = {
     "iiv": {"estimate", "fixed"},
     "method": {"seed", "n_virtual", "max_iter", "gtol"},
 }
-_PROBS = {"q25": 0.25, "median": 0.5, "q75": 0.75}
+_QNAMES = {0.25: "q25", 0.5: "median", 0.75: "q75"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,13 +352,13 @@ def run_aggregate_fit(config: str | Path, out: str | Path | None = None, *,
 
     def show(it, rec):
         if progress and (it == 1 or it % 10 == 0):
-            print(f"  iteration {it:4d}: -log L {rec[0]:.6f}, max |gradient| {rec[1]:.2e}",
-                  flush=True)
+            print(f"  iteration {it:4d} (weights {rec[0]}): r'C^-1 r / 2 = {rec[1]:.6f}, "
+                  f"max |gradient| {rec[2]:.2e}", flush=True)
 
     t0 = time.perf_counter()
     result = fit_aggregate(problem, psi0, max_iter=cfg.max_iter, gtol=cfg.gtol, callback=show)
-    result = dataclasses.replace(result, mc_se=monte_carlo_se(problem, result.psi,
-                                                              result.covariance))
+    result = dataclasses.replace(result, mc_se=monte_carlo_se(
+        problem, result.psi, result.covariance, result.covs))
     wall = time.perf_counter() - t0
     if out is not None:
         csv = Path(data_dir()) / f"{cfg.data}.csv"
@@ -386,10 +387,14 @@ def _plain(x):
 
 
 def convergence(result: AggregateResult) -> dict:
-    return {"optimizer": "optax.lbfgs (zoom line search)", "iterations": result.iterations,
+    from scipy.stats import chi2
+
+    return {"method": "iteratively reweighted GLS; optax.lbfgs (zoom line search)",
+            "iterations": result.iterations, "reweightings": result.reweightings,
             "max_abs_gradient": result.grad_norm, "newton_decrement": result.newton_decrement,
             "hessian_positive_definite": bool(np.all(np.isfinite(result.covariance))),
-            "converged": result.converged, "neg_log_likelihood": result.nll,
+            "converged": result.converged, "chi2": result.chi2, "df": result.df,
+            "p_value": float(chi2.sf(result.chi2, result.df)) if result.df > 0 else None,
             "m2ll": 2 * result.nll}
 
 
@@ -430,25 +435,26 @@ def parameter_table(cfg: AggregateConfig, result: AggregateResult) -> pd.DataFra
 def summary_table(result: AggregateResult) -> pd.DataFrame:
     """Each published statistic against the fitted population: the fitted value, the 95%
     interval of the statistic in a sample of the published n, and z = (observed - fitted)/SD
-    (log scale for quantiles)."""
+    on the likelihood's scale (log for quantiles, variance for an SD, natural for a mean)."""
     prob = result.problem
     rows = []
     for g, (mean, cov) in zip(prob.groups, prob.simulated_statistics(result.psi), strict=True):
         mean, sd = np.asarray(mean), np.sqrt(np.diag(np.asarray(cov)))
-        log = g.kind == "quantiles"
+        obs = np.asarray(observed_vector(g))
         for j, lab in enumerate(g.labels):
-            name = {0.25: "q25", 0.5: "median", 0.75: "q75"}.get(lab, f"q{100 * lab:g}") \
-                if log else lab
-            obs = np.log(g.observed[j]) if log else g.observed[j]
-            back = np.exp if log else (lambda v: v)
+            if g.kind == "quantiles":
+                name, scale, back = _QNAMES.get(lab, f"q{100 * lab:g}"), "log", np.exp
+            elif lab == "sd":
+                name, scale, back = "sd", "variance", lambda v: np.sqrt(np.maximum(v, 0.0))
+            else:
+                name, scale, back = lab, "natural", lambda v: v
             rows.append({
                 "quantity": "C" if g.day is not None else g.quantity, "day": g.day,
                 "statistic": name, "n": g.n, "unit": g.unit, "observed": g.observed[j],
                 "fitted": float(back(mean[j])),
                 "pi_low": float(back(mean[j] - 1.959964 * sd[j])),
                 "pi_high": float(back(mean[j] + 1.959964 * sd[j])),
-                "z": float((obs - mean[j]) / sd[j]), "scale": "log" if log else "natural",
-                "in_fit": g.fitted})
+                "z": float((obs[j] - mean[j]) / sd[j]), "scale": scale, "in_fit": g.fitted})
     return pd.DataFrame(rows)
 
 
@@ -462,8 +468,10 @@ def cli_run_aggregate(config: str | Path, out: Path, *, progress: bool = True) -
                                         "ci_low", "ci_high", "mc_se", "unit"]].to_string(**fmt))
     print(summary_table(result).drop(columns=["unit", "scale"]).to_string(**fmt))
     conv = convergence(result)
-    print(f"-2 log L {conv['m2ll']:.3f}; max |gradient| {conv['max_abs_gradient']:.1e}, Newton "
-          f"decrement {conv['newton_decrement']:.1e} after {conv['iterations']} iterations "
+    gof = (f"chi2 {conv['chi2']:.2f} on {conv['df']} df (p = {conv['p_value']:.2f})"
+           if conv["df"] > 0 else f"chi2 {conv['chi2']:.2f} (no degrees of freedom left)")
+    print(f"{gof}; -2 log L {conv['m2ll']:.2f}; max |gradient| {conv['max_abs_gradient']:.1e} "
+          f"after {conv['iterations']} iterations in {conv['reweightings']} reweightings "
           f"({'converged' if conv['converged'] else 'NOT converged'}); "
           f"{time.perf_counter() - t0:.1f} s; results in {out}/")
     return 0 if conv["converged"] else 3
