@@ -333,7 +333,9 @@ def gaussian_nll(y, mean, cov) -> jax.Array:
 class AggregateResult:
     """An aggregate fit: psi at the estimate, its covariance and the convergence record.
 
-    ``covs`` are the sampling covariances at ``psi`` (the weights at the fixed point);
+    ``statistics`` are the simulated statistics and their sampling covariances at ``psi``
+    (per group, as :meth:`AggregateProblem.simulated_statistics`); ``covs`` the covariances
+    alone (the weights at the fixed point);
     ``chi2`` = r' C^-1 r there, ``df`` the number of fitted statistics minus len(psi);
     ``nll`` is the Gaussian -log L of the published statistics (constants and log det C
     included). ``covariance`` is the inverse Hessian of the objective at ``psi`` (NaN if it is
@@ -343,6 +345,7 @@ class AggregateResult:
 
     problem: AggregateProblem
     psi: np.ndarray
+    statistics: tuple
     covs: tuple
     chi2: float
     df: int
@@ -392,13 +395,16 @@ def fit_aggregate(problem: AggregateProblem, psi0, *, optimizer=None, max_iter: 
         updates, state = opt.update(grad, state, x, value=value, grad=grad, value_fn=fun)
         return optax.apply_updates(x, updates), state, value, grad
 
-    covariances = eqx.filter_jit(lambda p, x: p.covariances(x))
+    def init(x):  # strongly typed: the state after a step must not trigger a recompilation
+        return jax.tree.map(lambda a: jnp.array(a, dtype=a.dtype), opt.init(x))
+
+    statistics = eqx.filter_jit(lambda p, x: p.simulated_statistics(x))
     x = jnp.asarray(psi0, float)
     trace, total, inner_ok, shift = [], 0, False, np.inf
     rounds = 0
     for rounds in range(1, max_reweight + 1):
-        covs = covariances(problem, x)
-        start, state = x, opt.init(x)
+        covs = tuple(c for _, c in statistics(problem, x))
+        start, state = x, init(x)
         inner_ok = False
         for _ in range(max_iter):
             x_new, state, value, grad = step(problem, covs, x, state)
@@ -416,24 +422,33 @@ def fit_aggregate(problem: AggregateProblem, psi0, *, optimizer=None, max_iter: 
         shift = float(jnp.max(jnp.abs(x - start)))
         if shift < xtol:
             break
-    covs = covariances(problem, x)
-    value, grad = eqx.filter_jit(lambda p, c, x: jax.value_and_grad(p.objective)(x, c))(
-        problem, covs, x)
-    hess = np.asarray(eqx.filter_jit(lambda p, c, x: jax.hessian(p.objective)(x, c))(
-        problem, covs, x))
+    stats = statistics(problem, x)
+    covs = tuple(c for _, c in stats)
+    value, grad, hess = (np.asarray(a) for a in _derivatives(problem, covs, x))
     hess = 0.5 * (hess + hess.T)
     grad = np.asarray(grad)
     pd = bool(np.all(np.linalg.eigvalsh(hess) > 0))
     cov = np.linalg.inv(hess) if pd else np.full_like(hess, np.nan)
     dec = float(0.5 * grad @ cov @ grad) if pd else float("inf")
-    n_stats = sum(len(g.labels) for g in problem.groups if g.fitted)
-    nll = float(eqx.filter_jit(lambda p, x: p.nll(x))(problem, x))
+    fitted = [g.fitted for g in problem.groups]
+    n_stats = sum(len(g.labels) for g, f in zip(problem.groups, fitted, strict=True) if f)
+    nll = sum(float(gaussian_nll(observed_vector(g), m, c))
+              for g, (m, c) in zip(problem.groups, stats, strict=True) if g.fitted)
     return AggregateResult(
-        problem=problem, psi=np.asarray(x), covs=covs, chi2=2 * float(value),
+        problem=problem, psi=np.asarray(x), statistics=tuple(
+            (np.asarray(m), np.asarray(c)) for m, c in stats), covs=covs, chi2=2 * float(value),
         df=n_stats - len(x), nll=nll, grad=grad, hessian=hess, covariance=cov,
         iterations=total, reweightings=rounds, newton_decrement=dec,
         converged=bool(pd and inner_ok and shift < xtol and np.max(np.abs(grad)) < gtol),
         trace=np.asarray(trace))
+
+
+@eqx.filter_jit
+def _derivatives(problem: AggregateProblem, covs, x):
+    """The objective, its gradient and its Hessian (forward over reverse) at x, one program."""
+    (value, grad), lin = jax.linearize(lambda y: jax.value_and_grad(problem.objective)(y, covs), x)
+    hess = jax.vmap(lambda e: lin(e)[1])(jnp.eye(x.size, dtype=x.dtype))
+    return value, grad, hess
 
 
 def monte_carlo_se(problem: AggregateProblem, psi, covariance, covs, *,
@@ -441,14 +456,18 @@ def monte_carlo_se(problem: AggregateProblem, psi, covariance, covs, *,
     """Monte Carlo SE of the estimate psi from the finite virtual population.
 
     The gradient of the objective (weights ``covs``) at ``psi`` is evaluated on ``batches``
-    disjoint sub-populations of M / batches patients; its variance at size M is their
-    variance / batches (simulated statistics have Monte Carlo variance proportional to 1/M),
-    and the estimate moves by H^-1 times the gradient error: Var_MC(psi) = H^-1 Var(g) H^-1.
+    disjoint sub-populations of m = M / batches patients (each repeated ``batches`` times, which
+    leaves its distribution unchanged and reuses the compiled program); its variance at size M
+    is their variance / batches (simulated statistics have Monte Carlo variance proportional to
+    1/M), and the estimate moves by H^-1 times the gradient error:
+    Var_MC(psi) = H^-1 Var(g) H^-1.
     """
     m = problem.n_virtual // batches
-    grad = eqx.filter_jit(lambda p, c, x: jax.grad(p.objective)(x, c))
-    g = np.stack([np.asarray(grad(eqx.tree_at(lambda p: p.z, problem,
-                                                 problem.z[b * m:(b + 1) * m]), covs, psi))
-                  for b in range(batches)])
-    var_g = np.atleast_2d(np.cov(g.T)) / batches
+    psi = jnp.asarray(psi, float)
+    g = []
+    for b in range(batches):
+        z = jnp.tile(problem.z[b * m:(b + 1) * m], (batches, 1))
+        z = jnp.concatenate([z, problem.z[: problem.n_virtual - z.shape[0]]])[: problem.n_virtual]
+        g.append(np.asarray(_derivatives(eqx.tree_at(lambda p: p.z, problem, z), covs, psi)[1]))
+    var_g = np.atleast_2d(np.cov(np.stack(g).T)) / batches
     return np.sqrt(np.diag(covariance @ var_g @ covariance))

@@ -55,8 +55,7 @@ def plot_aggregate(cfg, result, path: Path) -> Path:
 def _z_scores(result) -> dict:
     """{(quantity, label): z} of each published statistic under the fitted population."""
     out = {}
-    for g, (mean, cov) in zip(result.problem.groups,
-                              result.problem.simulated_statistics(result.psi), strict=True):
+    for g, (mean, cov) in zip(result.problem.groups, result.statistics, strict=True):
         obs = np.asarray(observed_vector(g))
         zz = (obs - np.asarray(mean)) / np.sqrt(np.diag(np.asarray(cov)))
         out.update({(g.quantity, lab): float(v) for lab, v in zip(g.labels, zz, strict=True)})

@@ -438,7 +438,7 @@ def summary_table(result: AggregateResult) -> pd.DataFrame:
     on the likelihood's scale (log for quantiles, variance for an SD, natural for a mean)."""
     prob = result.problem
     rows = []
-    for g, (mean, cov) in zip(prob.groups, prob.simulated_statistics(result.psi), strict=True):
+    for g, (mean, cov) in zip(prob.groups, result.statistics, strict=True):
         mean, sd = np.asarray(mean), np.sqrt(np.diag(np.asarray(cov)))
         obs = np.asarray(observed_vector(g))
         for j, lab in enumerate(g.labels):
