@@ -35,9 +35,9 @@ central moments are plain population averages.
 held at the current psi, minimise r' C^-1 r / 2 (r: published minus simulated statistics) with
 L-BFGS, recompute C at the new psi, repeat to the fixed point J' C(psi)^-1 r = 0. The full
 Gaussian -log L (with log det C(psi)) is reported but not maximised: its log-det term pulls the
-between-patient SDs down by O(1/n) (half an SE for n = 50 in the recovery test). Standard
-errors come from the inverse Hessian of the objective at the fixed point (``jax.hessian``
-through the closed form; J' C^-1 J at a perfect fit); r' C^-1 r is a chi-square goodness of
+between-patient SDs down by O(1/n) (up to half an SE at n = 50; docs/aggregate.md). Standard
+errors come from the inverse Hessian of the objective at the fixed point (forward over reverse
+mode through the closed form, as ``jax.hessian``; J' C^-1 J at a perfect fit); r' C^-1 r is a chi-square goodness of
 fit on (statistics - parameters) degrees of freedom.
 """
 
