@@ -37,8 +37,8 @@ L-BFGS, recompute C at the new psi, repeat to the fixed point J' C(psi)^-1 r = 0
 Gaussian -log L (with log det C(psi)) is reported but not maximised: its log-det term pulls the
 between-patient SDs down by O(1/n) (up to half an SE at n = 50; docs/aggregate.md). Standard
 errors come from the inverse Hessian of the objective at the fixed point (forward over reverse
-mode through the closed form, as ``jax.hessian``; J' C^-1 J at a perfect fit); r' C^-1 r is a chi-square goodness of
-fit on (statistics - parameters) degrees of freedom.
+mode through the closed form, as ``jax.hessian``; J' C^-1 J at a perfect fit); r' C^-1 r is a
+chi-square goodness of fit on (statistics - parameters) degrees of freedom.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ combined::
     time = "day"                    # the column holding the day
     quantiles = { q25_cells_per_uL = 0.25, median_cells_per_uL = 0.5, q75_cells_per_uL = 0.75 }
     n = 19                          # only where the data give no n: an assumption, say why
+    assumptions = ["n = 19: ..."]   # every assumption in words (copied to run.json)
 
     [aggregate]                     # NCA summaries (rows of a long table such as product_kinetics)
     data = "product_kinetics"
@@ -61,9 +62,9 @@ from .aggregate import (
     observed_vector,
 )
 
-_TOP = {"title", "description", "assumptions", "aggregate", "model", "parameters", "iiv", "method"}
+_TOP = {"title", "description", "aggregate", "model", "parameters", "iiv", "method"}
 _KEYS = {
-    "aggregate": {"data", "time", "quantiles", "n", "where", "fit", "compare"},
+    "aggregate": {"data", "time", "quantiles", "n", "where", "fit", "compare", "assumptions"},
     "model": {"name", "options"},
     "parameters": {"estimate", "fixed", "fixed_from", "omega_reading"},
     "iiv": {"estimate", "fixed"},
@@ -191,7 +192,7 @@ def load_aggregate_config(path: str | Path, *, n_virtual: int | None = None,
         raise _err(path, f"[method] n_virtual = {m}: use at least 500 virtual patients")
     return AggregateConfig(
         source=str(path), title=str(raw.get("title", path.stem)),
-        assumptions=tuple(str(a) for a in raw.get("assumptions", [])), data=agg["data"],
+        assumptions=tuple(str(a) for a in agg.get("assumptions", [])), data=agg["data"],
         level_unit=next(iter(units)), level_params=tuple(level), model=model,
         groups=tuple(groups), init=init,
         iiv_init=iiv_init, theta_fixed=theta_fixed, omega_fixed=omega_fixed, fixed_source=src,
