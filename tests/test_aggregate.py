@@ -96,14 +96,22 @@ def test_auc_matches_trapezoid_of_the_exact_curve():
             assert float(nca_metric(name, th)) == pytest.approx(ref, rel=1e-6)
 
 
-def test_gradient_and_hessian_match_finite_differences():
-    # every kind of statistic (quantiles over time, a median, means and SDs); central
-    # differences with step 1e-5 in float64: truncation ~1e-10, rounding ~1e-11 relative
-    obs = _reference_summaries(m=20_000)
-    prob = _problem(
-        _groups(obs, 40, kinds=("time", "nca")), 1500, estimate_iiv=("Cmax", "alpha", "FB", "Tmax")
-    )
-    psi = prob.psi_from({**TRUTH, "Cmax": 30.0, "Tmax": 6.0}, {**OMEGA, "Cmax": 0.7})
+def _shipped_problem(name, n_virtual=1000):
+    cfg = load_aggregate_config(ROOT / "fits" / f"{name}.toml", n_virtual=n_virtual)
+    prob = make_problem(cfg.model, cfg.groups, estimate=tuple(cfg.init),
+                        estimate_iiv=tuple(cfg.iiv_init), theta_fixed=cfg.theta_fixed,
+                        omega_fixed=cfg.omega_fixed, n_virtual=cfg.n_virtual, seed=cfg.seed)
+    psi0 = prob.psi_from({**cfg.theta_fixed, **cfg.init}, {**cfg.omega_fixed, **cfg.iiv_init})
+    return cfg, prob, psi0
+
+
+@pytest.mark.parametrize("name", ["axicel_zuma1_aggregate", "ciltacel_nca_aggregate"])
+def test_gradient_and_hessian_match_finite_differences(name):
+    # the shipped objectives (between them every kind of statistic: quartiles over time, a
+    # median, means and SDs) away from their optimum; central differences with step 1e-5 in
+    # float64: truncation ~1e-10, rounding ~1e-11 relative to the largest entry
+    _, prob, psi0 = _shipped_problem(name)
+    psi = psi0 + 0.1 * jnp.cos(jnp.arange(psi0.size))
     covs = prob.covariances(psi)
     f = jax.jit(lambda x: prob.objective(x, covs))
     _, grad, hess = (np.asarray(a) for a in _derivatives(prob, covs, psi))
