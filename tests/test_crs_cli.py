@@ -69,6 +69,9 @@ def test_cli_writes_table_plots_and_report(cli_run, capsys):
     assert {"scenario", "profile", "dose", "p_crs2", "p_crs3_hi90", "p_response"} <= set(t.columns)
     assert "fractionated 10/30/60% on days 0,1,2" in set(t["scenario"])
     assert (out / "dose_risk.png").read_bytes()[:4] == b"\x89PNG"
+    page = (out / "crs_risk.html").read_text()
+    # self-contained: the three figures embedded, nothing linked
+    assert page.count("data:image/png;base64,") == 3 and 'src="dose_risk.png"' not in page
 
 
 @pytest.mark.parametrize(

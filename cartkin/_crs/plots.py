@@ -231,8 +231,9 @@ def _fmt_table(df: pd.DataFrame) -> str:
     return df.to_html(index=False, float_format=lambda v: f"{v:.3g}", border=0, classes="tbl")
 
 
-def html_section(result, cfg, files: dict[str, str]) -> str:
-    """A self-contained HTML page (a section of the run report) with tables and figures."""
+def html_section(result, cfg, folder: Path, files: dict[str, str]) -> str:
+    """A self-contained HTML page (the CRS section of a report): tables, and the figures
+    ``files`` ({PNG name in ``folder``: caption}) embedded, so nothing points outside the file."""
     t = result.table
     base = t["scenario"].iloc[0]
     main = t[(t["scenario"] == base) & (t["profile"] == "population")][
@@ -255,11 +256,17 @@ def html_section(result, cfg, files: dict[str, str]) -> str:
         note = cfg.raw.get(sec, {}).get("note")
         if note:
             notes.append(f"<h3>{sec}</h3><pre>{html.escape(note.strip())}</pre>")
-    imgs = "".join(
-        f'<figure><img src="{html.escape(f)}" style="max-width:100%"><figcaption>'
-        f"{html.escape(c)}</figcaption></figure>"
-        for f, c in files.items()
-    )
+    import base64
+
+    def img(name, caption):
+        data = base64.b64encode((folder / name).read_bytes()).decode()
+        return (
+            f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}" '
+            f'style="max-width:100%"><figcaption>{html.escape(caption)} ({html.escape(name)})'
+            "</figcaption></figure>"
+        )
+
+    imgs = "".join(img(f, c) for f, c in files.items())
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>CRS risk</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:auto}} .tbl td,.tbl th{{padding:2px 8px;
 text-align:right}} pre{{white-space:pre-wrap;background:#f6f6f6;padding:6px}}</style></head><body>

@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
             "calibration.png": "calibration to aggregated CRS rates",
             "exposure.png": "peak IL-6 by dose and tumour burden",
         }
-        (tmp / "crs_risk.html").write_text(html_section(res, cfg, figs))
+        (tmp / "crs_risk.html").write_text(html_section(res, cfg, tmp, figs))
         record = {
             "command": "crs-risk",
             "source": str(args.source),
