@@ -128,3 +128,22 @@ def test_same_table_on_two_devices(cli_run, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     a, b = pd.read_csv(out / "dose_risk.csv"), pd.read_csv(out2 / "dose_risk.csv")
     pd.testing.assert_frame_equal(a, b, rtol=1e-9)
+
+
+def test_fit_run_folder_without_the_outputs_is_one_line_exit_2(tmp_path, capsys):
+    from test_crs_risk import _fake_run
+
+    _fake_run(tmp_path / "stein", "stein2019", "C", {"Cmax": 24000.0, "Tmax": 9.3})
+    rc = main(
+        [
+            "crs-risk",
+            str(tmp_path / "stein"),
+            "--scenario",
+            str(SHIPPED),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err
+    assert "Stein2019 lacks the output(s) the CRS link needs" in err and "hardiansyah2019" in err
