@@ -356,15 +356,35 @@ def make_report(
     if kind == "nuts" and (run_dir / "priors.csv").exists():
         parts.append("<h3>Priors</h3>" + _table(pd.read_csv(run_dir / "priors.csv")))
     if kind == "nuts" and "loo" in summary:
-        lo = summary["loo"]
+        rows = []
+        for level, lo in summary["loo"].items():
+            if not isinstance(lo, dict):
+                continue
+            what = (
+                "one record at a time, given the subject's random effects"
+                if level == "record"
+                else "one subject at a time, random effects integrated out"
+            )
+            rows.append(
+                {
+                    "left out": what,
+                    "elpd_loo": lo["elpd_loo"],
+                    "SE": lo["se"],
+                    "p_loo": lo["p_loo"],
+                    "n": lo.get("n", lo.get("n_records")),
+                    "Pareto k > 0.7": lo["pareto_k_above_0.7"],
+                }
+            )
         parts.append(
-            f"<h3>PSIS-LOO</h3><p>elpd_loo {lo['elpd_loo']:.1f} (SE {lo['se']:.1f}), p_loo "
-            f"{lo['p_loo']:.1f}; records with Pareto k &gt; 0.7: {lo['pareto_k_above_0.7']} of "
-            f"{lo['n_records']} (records left out one at a time, given the subject's "
-            "parameters)</p>"
+            "<h3>PSIS-LOO</h3><p class='note'>Pareto k above 0.7 marks left-out units whose "
+            "importance weights are unreliable. Record-wise LOO conditions on the subject's own "
+            "random effects, which its records inform strongly; the subject-level LOO is the one "
+            "to compare structural models with.</p>" + _table(pd.DataFrame(rows))
         )
     if loo_tab is not None:
-        parts.append("<h3>Model comparison (az.compare, LOO)</h3>" + _table(loo_tab))
+        parts.append(
+            "<h3>Model comparison (az.compare, leave-one-subject-out LOO)</h3>" + _table(loo_tab)
+        )
     parts.append("<h2>Diagnostics</h2>")
     parts.append(
         f"<h3>NPDE tests</h3><p class='note'>{tests['n']} records; under the model NPDE ~ N(0, 1)."

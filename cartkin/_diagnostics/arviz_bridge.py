@@ -46,8 +46,15 @@ def population_vars(idata) -> list[str]:
     return [v for v in POPULATION_VARS if v in idata.posterior]
 
 
-def to_inference_data(result, *, ppc_draws: int | None = None, seed: int = 0):
-    """Convert a :class:`cartkin._estimate.nuts.NUTSResult` into arviz InferenceData."""
+def to_inference_data(
+    result, *, ppc_draws: int | None = None, seed: int = 0, loo_draws: int = 1000, n_is: int = 128
+):
+    """Convert a :class:`cartkin._estimate.nuts.NUTSResult` into arviz InferenceData.
+
+    ``loo_draws``: posterior draws (thinned evenly) for the subject-level marginal
+    log-likelihood (group ``log_likelihood_subject``; 0 leaves it out), ``n_is`` importance
+    draws per subject for it (:func:`cartkin._estimate.nuts.subject_marginal_loglik`).
+    """
     az = _az()
     m = result.model
     stat, data = m.stat, m.data
@@ -151,7 +158,39 @@ def to_inference_data(result, *, ppc_draws: int | None = None, seed: int = 0):
             posterior_predictive={"y": y_rep}, coords={"obs": coords["obs"]}, dims={"y": ["obs"]}
         )
     idata.extend(pp)
+    if loo_draws:
+        from .._estimate.nuts import subject_marginal_loglik
+
+        keep = np.arange(0, S, max(1, int(np.ceil(C * S / loo_draws))))
+        sub = {k: v[:, keep] for k, v in s.items()}
+        ll = subject_marginal_loglik(m, sub, n_is=n_is, seed=seed)
+        import xarray as xr
+
+        ds = xr.Dataset(
+            {"y": (("chain", "draw", "subject"), ll)},
+            coords={"chain": np.arange(C), "draw": keep, "subject": data.ids},
+            attrs={
+                "description": "log p(y_i | population parameters), random effects integrated "
+                "out by importance sampling; thinned draws"
+            },
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            idata.add_groups({"log_likelihood_subject": ds})
     return idata
+
+
+def subject_level(idata):
+    """InferenceData for leave-one-subject-out LOO: the thinned posterior draws and the marginal
+    per-subject log-likelihood as its ``log_likelihood`` group (``az.loo`` on it)."""
+    az = _az()
+    if "log_likelihood_subject" not in idata.groups():
+        raise ValueError("this InferenceData has no log_likelihood_subject group (loo_draws=0?)")
+    ll = idata["log_likelihood_subject"]
+    post = idata.posterior[population_vars(idata)].sel(draw=ll["draw"].values)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return az.InferenceData(posterior=post, log_likelihood=ll)
 
 
 def _lloq(data):
@@ -399,10 +438,13 @@ def plot_pair(idata, path) -> None:
             kind="scatter",
             divergences=True,
             marginals=True,
-            scatter_kwargs={"alpha": 0.15, "s": 3},
-            figsize=(13, 13),
+            scatter_kwargs={"alpha": 0.25, "s": 3},
+            figsize=(12, 12),
             textsize=9,
         )
+    fig = np.ravel(axes)[0].get_figure()
+    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.07, top=0.96, wspace=0.08, hspace=0.08)
+    fig.suptitle("Posterior pairs: typical values and residual SD (divergent draws in red)")
     _save(axes, path)
 
 
@@ -432,25 +474,46 @@ def plot_ppc(idata, path) -> None:
 
 
 def loo(idata) -> dict:
-    """PSIS-LOO (records left out one at a time) with the Pareto k counts."""
+    """PSIS-LOO leaving out one record at a time (given the subject's random effects) and, when
+    the InferenceData has it, one subject at a time (marginal likelihood), with Pareto k counts."""
     az = _az()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = az.loo(idata, pointwise=True)
-    k = np.asarray(res.pareto_k)
-    return {
-        "elpd_loo": float(res.elpd_loo),
-        "se": float(res.se),
-        "p_loo": float(res.p_loo),
-        "n_records": int(k.size),
-        "pareto_k_above_0.7": int((k > 0.7).sum()),
-        "pareto_k_above_1": int((k > 1.0).sum()),
-    }
+    out = {}
+    levels = [("record", idata)]
+    if "log_likelihood_subject" in idata.groups():
+        levels.append(("subject", subject_level(idata)))
+    from scipy.special import logsumexp
+
+    for level, data in levels:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = az.loo(data, pointwise=True)
+        ll = data.log_likelihood["y"].values
+        ll = ll.reshape(-1, ll.shape[-1])
+        loo_i = np.asarray(res.loo_i, float).copy()
+        k = np.asarray(res.pareto_k, float).copy()
+        # a unit whose log-likelihood hardly varies over the draws (a censored record the model
+        # puts below the LLOQ with probability ~1) has nearly constant weights, which PSIS cannot
+        # smooth (arviz returns NaN): plain importance sampling is exact enough there
+        bad = ~np.isfinite(loo_i)
+        loo_i[bad] = -logsumexp(-ll[:, bad], axis=0) + np.log(ll.shape[0])
+        k[bad] = 0.0
+        lpd = logsumexp(ll, axis=0) - np.log(ll.shape[0])
+        out[level] = {
+            "elpd_loo": float(loo_i.sum()),
+            "se": float(np.sqrt(loo_i.size * np.var(loo_i))),
+            "p_loo": float((lpd - loo_i).sum()),
+            "n": int(loo_i.size),
+            "n_unsmoothed": int(bad.sum()),
+            "pareto_k_above_0.7": int((k > 0.7).sum()),
+            "pareto_k_above_1": int((k > 1.0).sum()),
+        }
+    return out
 
 
-def compare(runs: dict) -> pd.DataFrame:
-    """``az.compare`` of InferenceData objects (or paths of posterior.nc / run folders) fitted to
-    the same records."""
+def compare(runs: dict, level: str = "subject") -> pd.DataFrame:
+    """``az.compare`` (LOO) of InferenceData objects (or paths of posterior.nc / run folders)
+    fitted to the same records; ``level`` "subject" leaves out one subject at a time (marginal
+    likelihood: the fair comparison of structural models), "record" one record at a time."""
     from pathlib import Path
 
     az = _az()
@@ -467,6 +530,8 @@ def compare(runs: dict) -> pd.DataFrame:
             f"the runs have different numbers of records {n}: compare models fitted to "
             "the same data only"
         )
+    if level == "subject":
+        loaded = {k: subject_level(v) for k, v in loaded.items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return az.compare(loaded, ic="loo")

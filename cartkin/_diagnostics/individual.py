@@ -154,6 +154,6 @@ def plot_individual(
     fig.supxlabel("time (d; linear to 7 d, then log)", fontsize=9)
     fig.supylabel("DV" + (f" ({unit})" if unit else ""), fontsize=9)
     fig.suptitle(title, fontsize=11, x=0.02, ha="left")
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.tight_layout(rect=(0.015, 0.01, 1, 0.97))
     fig.savefig(path, dpi=100)
     plt.close(fig)

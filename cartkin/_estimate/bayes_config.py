@@ -128,10 +128,10 @@ class Priors:
                     "source": "",
                 }
             )
-        for j, s in enumerate(self.sigma_scale):
+        for name, s in zip(sigma_names(stat), self.sigma_scale, strict=True):
             rows.append(
                 {
-                    "parameter": f"residual SD #{j + 1}",
+                    "parameter": f"residual SD {name}",
                     "prior": f"HalfNormal({s:.3g})",
                     "source": "",
                 }
@@ -291,10 +291,12 @@ def parse_bayes(cfg, path: str | Path | None = None) -> BayesConfig:
     if "published" in pri:
         from .. import data as cdata
 
+        name = str(pri["published"])
         try:
-            ps = cdata.load(str(pri["published"]), omega_reading="variance")
-        except TypeError:
-            ps = cdata.load(str(pri["published"]))
+            try:  # a parameter set with random effects: read them as variances
+                ps = cdata.load(name, omega_reading="variance")
+            except (TypeError, ValueError):
+                ps = cdata.load(name)
         except (ValueError, KeyError) as e:
             raise _err(path, f"[bayes.priors] published: {e}") from None
         if not hasattr(ps, "typical"):

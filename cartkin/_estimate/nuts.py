@@ -689,3 +689,67 @@ def pointwise_loglik(model: PopulationModel, samples: dict, batch: int = 64) -> 
         return jax.lax.map(lambda s: model.loglik_records(s)[0][mask], fl, batch_size=batch)
 
     return np.asarray(run(flat)).reshape(C, S, -1)
+
+
+def subject_marginal_loglik(
+    model: PopulationModel, samples: dict, n_is: int = 128, seed: int = 0, batch: int = 16
+) -> np.ndarray:
+    """log p(y_i | population parameters) per draw and subject, (C, S, N): the random effects
+    integrated out, for leave-one-subject-out LOO.
+
+    Record-wise LOO of a hierarchical model conditions on the subject's own random effects, which
+    its records inform strongly (Pareto k above 0.7 for many records). Leaving a subject out
+    needs its marginal likelihood, here by importance sampling (Merkle, Furr, Rabe-Hesketh 2019):
+    per subject one proposal, a multivariate t (5 d.f.) with the posterior mean and 1.5 x the
+    posterior covariance of phi_i, and ``n_is`` draws from it shared by all posterior draws (the
+    predictions are computed once); per posterior draw the weights are
+    p(y_i | phi_m, sigma) N(phi_m; X_i beta, Omega) / q(phi_m), with
+    :func:`~cartkin._likelihood.residual_loglik` and :func:`~cartkin._likelihood.eta_logprior`.
+    """
+    C, S = samples["mu"].shape[:2]
+    flat = {k: jnp.asarray(v.reshape((-1,) + v.shape[2:])) for k, v in samples.items()}
+    phi = np.asarray(jax.jit(jax.vmap(model.phi))(flat))  # (CS, N, d)
+    m = phi.mean(0)
+    cov = np.einsum("sni,snj->nij", phi - m, phi - m) / phi.shape[0]
+    d = model.d
+    Lq = np.linalg.cholesky(1.5 * cov + 1e-9 * np.eye(d))
+    rng = np.random.default_rng(seed)
+    nu = 5.0
+    zt = rng.standard_normal((model.data.n_subjects, n_is, d))
+    g = rng.chisquare(nu, (model.data.n_subjects, n_is)) / nu
+    draws = m[:, None] + np.einsum("nij,nmj->nmi", Lq, zt) / np.sqrt(g)[..., None]  # (N, M, d)
+    q = np.einsum("nij,nmj->nmi", np.linalg.inv(Lq), draws - m[:, None])
+    from scipy.special import gammaln
+
+    logq = (
+        gammaln((nu + d) / 2)
+        - gammaln(nu / 2)
+        - 0.5 * d * np.log(nu * np.pi)
+        - np.log(np.diagonal(Lq, axis1=1, axis2=2)).sum(1)[:, None]
+        - 0.5 * (nu + d) * np.log1p((q**2).sum(-1) / nu)
+    )  # (N, M)
+    pred = jax.jit(jax.vmap(lambda p, di: jax.vmap(lambda pp: model.predict_one(pp, di))(p)))
+    f, ok = pred(jnp.asarray(draws), model.arrays)  # (N, M, T)
+    codes = model.codes
+    arrays = model.arrays
+
+    def one(site):
+        sa, sp = model.sigma_per_endpoint(site["sigma"])
+        mu = model.mu_i(site)
+        L = model.A(site)
+
+        def subject(f_i, ok_i, draws_i, logq_i, mu_i, di):
+            ep = di["endpoint"]
+            ll = jax.vmap(
+                lambda ff: residual_loglik(
+                    codes[ep], di["dv"], ff, di["cens"], di["limit"], sa[ep], sp[ep], di["mask"]
+                ).sum()
+            )(f_i)
+            lw = ll + eta_logprior(draws_i - mu_i, L) - logq_i
+            lw = jnp.where(ok_i & jnp.isfinite(lw), lw, -jnp.inf)
+            return jax.scipy.special.logsumexp(lw) - jnp.log(lw.shape[0])
+
+        return jax.vmap(subject)(f, ok, jnp.asarray(draws), jnp.asarray(logq), mu, arrays)
+
+    out = jax.jit(lambda fl: jax.lax.map(one, fl, batch_size=batch))(flat)
+    return np.asarray(out).reshape(C, S, -1)
