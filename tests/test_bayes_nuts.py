@@ -10,6 +10,7 @@ sampler's, and enters the tolerance). NUTS samples the full hierarchical model (
 random effects) and must agree within its own Monte Carlo error.
 """
 
+import copy
 import warnings
 from typing import ClassVar
 
@@ -113,6 +114,13 @@ def sampled():
     return res, logy
 
 
+@pytest.fixture(scope="module")
+def idata(sampled):
+    from cartkin._diagnostics import arviz_bridge as ab
+
+    return ab.to_inference_data(sampled[0], seed=1)
+
+
 def test_posterior_matches_exact(sampled):
     import arviz as az
 
@@ -148,13 +156,12 @@ def test_pointwise_loglik_is_the_likelihood(sampled):
     np.testing.assert_allclose(res.log_lik[1, 7], np.asarray(ll)[d.mask], rtol=1e-10, atol=1e-10)
 
 
-def test_inference_data_round_trip(sampled, tmp_path):
+def test_inference_data_round_trip(sampled, idata, tmp_path):
     import arviz as az
 
     from cartkin._diagnostics import arviz_bridge as ab
 
     res, _ = sampled
-    idata = ab.to_inference_data(res, seed=1)
     for group in (
         "posterior",
         "sample_stats",
@@ -178,7 +185,7 @@ def test_inference_data_round_trip(sampled, tmp_path):
         summ = az.summary(back, var_names=["typical", "omega_sd", "sigma"])
         loo = az.loo(back)
         waic = az.waic(back)
-        other = ab.to_inference_data(res, seed=2)
+        other = idata
         cmp = az.compare({"a": back, "b": other})
     assert list(summ.index[:2]) == ["typical[C0]", "typical[k]"]
     assert "log_likelihood_subject" in back.groups()
@@ -199,22 +206,19 @@ def test_inference_data_round_trip(sampled, tmp_path):
     assert (table["q05"] < table["median"]).all() and (table["median"] < table["q95"]).all()
 
 
-def test_arviz_plots_write_images(sampled, tmp_path):
+def test_arviz_plots_write_images(idata, tmp_path):
     from cartkin._diagnostics import arviz_bridge as ab
 
-    res, _ = sampled
-    idata = ab.to_inference_data(res, seed=1)
     for fn in (ab.plot_trace, ab.plot_rank, ab.plot_pair, ab.plot_energy, ab.plot_ppc):
         p = tmp_path / f"{fn.__name__}.png"
         fn(idata, p)
         assert p.stat().st_size > 10_000, fn.__name__
 
 
-def test_verdict_fails_on_divergences_and_rhat(sampled):
+def test_verdict_fails_on_divergences_and_rhat(idata):
     from cartkin._diagnostics import arviz_bridge as ab
 
-    res, _ = sampled
-    idata = ab.to_inference_data(res, seed=1)
+    idata = copy.deepcopy(idata)
     n0 = int(idata.sample_stats["diverging"].values.sum())
     idata.sample_stats["diverging"].values[:] = False
     idata.sample_stats["diverging"].values[0, :3] = True
@@ -229,7 +233,7 @@ def test_verdict_fails_on_divergences_and_rhat(sampled):
     assert not v["ok"] and v["max_rhat"] > 1.01 and "R-hat" in " ".join(v["messages"])
 
 
-def test_run_folder_and_html_report(sampled, tmp_path):
+def test_run_folder_and_html_report(sampled, idata, tmp_path):
     """A Bayesian run folder, then `cartkin report` on it: self-contained HTML with the table."""
     import re
     import types
@@ -242,7 +246,6 @@ def test_run_folder_and_html_report(sampled, tmp_path):
     from cartkin._report import make_report
 
     res, _ = sampled
-    idata = ab.to_inference_data(res, seed=1)
     verdict = ab.convergence(idata, rhat_max=1.05)
     run = tmp_path / "run"
     run.mkdir()
