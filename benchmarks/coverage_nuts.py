@@ -67,7 +67,14 @@ def one_replicate(r, args):
     )
     wall = time.perf_counter() - t0
     pop = res.population()
-    out = {"rep": r, "n": args.n, "seconds": round(wall, 1), "centred": list(res.model.centred)}
+    out = {
+        "rep": r,
+        "n": args.n,
+        "warmup": args.warmup,
+        "draws": args.draws,
+        "seconds": round(wall, 1),
+        "centred": list(res.model.centred),
+    }
     lo_q, hi_q = (1 - args.level) / 2, 1 - (1 - args.level) / 2
     cover = {}
     for j, k in enumerate(cfg.stat.iiv):
@@ -132,7 +139,7 @@ def main(argv=None) -> int:
         with open(args.results, "a") as f:
             f.write(json.dumps(row) + "\n")
     rows = [json.loads(line) for line in open(args.results)]
-    rows = [r for r in rows if r["n"] == args.n]
+    rows = [r for r in rows if r["n"] == args.n and r.get("draws", args.draws) == args.draws]
     print(table(rows, args.level))
     return 0
 

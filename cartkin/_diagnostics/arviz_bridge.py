@@ -251,7 +251,8 @@ def convergence(
         )
     elif eta_bad:
         msgs.append(
-            f"{eta_bad} of {z_rhat.size} subjects' random effects have R-hat above {rhat_max} "
+            f"{eta_bad} of {z_rhat.size} random effects (subject x parameter) have R-hat above "
+            f"{rhat_max} "
             f"(max {np.nanmax(z_rhat):.4f}); the population parameters are not affected by this "
             "verdict (rhat_scope = 'population'), but those subjects' individual estimates "
             "are less certain than their intervals say"
