@@ -19,7 +19,7 @@ import pandas as pd
 from .._likelihood import FitData, SolverSettings, StatModel, data_arrays, kind_codes, make_predictor
 from .._population import from_unconstrained
 from .._progress import progress_bar
-from .importance import ISOptions, importance_sample
+from .importance import ISOptions, make_importance_sampler
 from .residuals import sdtab
 from .saem import SAEMOptions, make_saem, sigma_layout
 
@@ -127,8 +127,8 @@ def fit(
     pc = np.asarray(state["post_s"]) - pm[:, :, None] * pm[:, None, :]
     t1 = time.perf_counter()
     # information, score and EBEs at SAEM's estimate (first pass only)
-    res = importance_sample(stat, predict_one, arrays, X, params, pm, pc, codes, importance,
-                            progress, m2ll=False)
+    sample = make_importance_sampler(stat, predict_one, arrays, X, codes, importance)
+    res = sample(params, pm, pc, progress, m2ll=False)
     cov, cond, decrement = _newton(res)
     history = [{"step": 0, "decrement": decrement}]
     # Newton polishing with the importance-sampled score and information: SAEM's estimate
@@ -140,8 +140,7 @@ def fit(
         new = _polished_params(res, cov)
         if new is None:
             break
-        res_new = importance_sample(stat, predict_one, arrays, X, new, res["ebe"], res["ebe_cov"],
-                                    codes, importance, progress, m2ll=False)
+        res_new = sample(new, res["ebe"], res["ebe_cov"], progress, m2ll=False)
         cov_new, cond_new, dec_new = _newton(res_new)
         better = dec_new < decrement
         history.append({"step": step, "decrement": dec_new, "accepted": bool(better)})
@@ -149,8 +148,7 @@ def fit(
             break
         res, params, cov, cond, decrement = res_new, new, cov_new, cond_new, dec_new
     # the final evaluation: -2LL to the requested Monte Carlo SE, information, EBEs
-    res = importance_sample(stat, predict_one, arrays, X, params, res["ebe"], res["ebe_cov"],
-                            codes, importance, progress)
+    res = sample(params, res["ebe"], res["ebe_cov"], progress)
     cov, cond, decrement = _newton(res)
     history.append({"step": "final", "m2ll": res["m2ll"], "m2ll_se": res["m2ll_se"],
                     "decrement": decrement})

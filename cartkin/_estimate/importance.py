@@ -1,6 +1,6 @@
 """Importance sampling at a parameter estimate: -2LL, EBEs and the Louis information.
 
-Per subject the proposal is a mixture: a multivariate t (4 degrees of freedom) at the
+Per subject the proposal is a mixture: a multivariate t (8 degrees of freedom) at the
 conditional mean and 1.2 x the conditional covariance of phi_i (from the SAEM chain), and the
 population distribution N(mu_i, Omega) as a defensive component with weight 0.05. Draws are
 batched over subjects and drawn in chunks until the Monte Carlo SE of -2LL is at most the
@@ -22,8 +22,6 @@ From the same weighted draws:
 from __future__ import annotations
 
 import dataclasses
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -85,45 +83,45 @@ def _mvt_logpdf(x, m, chol, nu):
     )
 
 
-def importance_sample(stat, predict_one, data, X, params, post_mean, post_cov, codes,
-                      options: ISOptions = ISOptions(), progress: bool = False, m2ll: bool = True):
-    """Run the sampler; returns a dict of numpy results (see module docstring).
-
-    With ``m2ll=False`` only the first pass runs (information, score, EBEs; -2LL from those
-    draws only, less precise): what a polishing step needs.
-    """
-    N, d = post_mean.shape
+def make_importance_sampler(stat, predict_one, data, X, codes, options: ISOptions = ISOptions()):
+    """Build the sampler once (its programs compile once per fit); returns
+    ``sample(params, post_mean, post_cov, progress=False, m2ll=True) -> dict`` (see
+    :func:`importance_sample`)."""
     X = jnp.asarray(X)
+    N, d = X.shape[0], X.shape[1]
     colmask = np.any(np.asarray(X) != 0, axis=0)
     add, prop = sigma_layout(stat.endpoints)
     layout = PsiLayout(colmask, stat.omega_mask(), int(add.sum() + prop.sum()))
-    beta, omega, log_sigma = (jnp.asarray(params[k]) for k in ("beta", "omega", "log_sigma"))
-    psi_hat = layout.pack(beta, omega, log_sigma)
-    mu = jnp.einsum("njp,jp->nj", X, beta)
-    L_pop = jnp.linalg.cholesky(omega)
-    cov = INFLATE * (jnp.asarray(post_cov) + 1e-8 * jnp.eye(d))
-    # floor the proposal at 1% of the population variance so no subject's proposal collapses
-    cov = cov + 0.01 * jnp.diag(jnp.diag(omega))[None]
-    L_q = jnp.linalg.cholesky(cov)
-    m_q = jnp.asarray(post_mean)
+    n_s = layout.n_sigma
     codes = jnp.asarray(codes)
+    M = options.draws_per_chunk
 
-    def complete_ll(psi, phi, f, ok, data_i, x_i):
-        b, o, ls = layout.unpack(psi)
+    def resid(ls, f, data_i):
         sa, sp = _sigma_full(ls, add, prop)
-        rl = residual_loglik(
+        return residual_loglik(
             codes[data_i["endpoint"]], data_i["dv"], f, data_i["cens"], data_i["limit"],
             sa[data_i["endpoint"]], sp[data_i["endpoint"]], data_i["mask"],
         ).sum()
+
+    def prior_moments(psi, m1, m2, x_i):
+        """E log N(phi; mu_i, Omega) for E phi = m1, E phi phi' = m2: linear in (m1, m2), so its
+        derivatives in psi at the weighted moments are the weighted means of the per-draw ones."""
+        b, o, _ = layout.unpack(psi)
         mu_i = jnp.einsum("jp,jp->j", x_i, b)
-        return rl + eta_logprior(phi - mu_i, jnp.linalg.cholesky(o))
+        L = jnp.linalg.cholesky(o)
+        S = m2 - jnp.outer(m1, mu_i) - jnp.outer(mu_i, m1) + jnp.outer(mu_i, mu_i)
+        oinv = jax.scipy.linalg.cho_solve((L, True), jnp.eye(d))
+        return (-0.5 * jnp.sum(oinv * S) - jnp.sum(jnp.log(jnp.diag(L)))
+                - 0.5 * d * jnp.log(2 * jnp.pi))
 
-    grad_c = jax.grad(complete_ll)
-    hess_c = jax.hessian(complete_ll)
+    grad_prior = jax.grad(prior_moments)
+    # the per-draw prior score is affine in (phi, phi phi'): its coefficients once per subject
+    prior_coef = jax.jacfwd(grad_prior, argnums=(1, 2))
+    hess_prior = jax.hessian(prior_moments)
+    grad_resid = jax.grad(resid)
+    hess_resid = jax.hessian(resid)
 
-    @functools.partial(jax.jit, static_argnums=1)
-    def chunk(key, louis, m_q, L_q):
-        M = options.draws_per_chunk
+    def draws(key, m_q, L_q, mu, L_pop):
         k1, k2, k3 = jax.random.split(key, 3)
         # t draws: normal / sqrt(chi2/nu)
         zt = jax.random.normal(k1, (N, M, d))
@@ -132,104 +130,150 @@ def importance_sample(stat, predict_one, data, X, params, post_mean, post_cov, c
         zp = jax.random.normal(k3, (N, M, d))
         from_p = mu[:, None] + zp @ L_pop.T
         pick_prior = jax.random.uniform(jax.random.fold_in(key, 7), (N, M)) < W_PRIOR
-        phi = jnp.where(pick_prior[..., None], from_p, from_t)
+        return jnp.where(pick_prior[..., None], from_p, from_t)
 
-        def per_subject(phi_i, m_i, Lq_i, mu_i, data_i, x_i):
-            f, ok = jax.vmap(lambda p: predict_one(p, data_i))(phi_i)
-            lq = jnp.logaddexp(
-                jnp.log1p(-W_PRIOR) + _mvt_logpdf(phi_i, m_i, Lq_i, NU),
-                jnp.log(W_PRIOR) + eta_logprior(phi_i - mu_i, L_pop),
-            )
-            lc = jax.vmap(lambda p, fi, oi: complete_ll(psi_hat, p, fi, oi, data_i, x_i))(phi_i, f, ok)
-            lw = jnp.where(ok & jnp.isfinite(lc), lc - lq, -jnp.inf)
-            fin = jnp.isfinite(lw)
-            lmax = jnp.max(lw)
-            lmax = jnp.where(jnp.isfinite(lmax), lmax, 0.0)
-            w = jnp.exp(lw - lmax)
-            out = {"lmax": lmax, "W": w.sum(), "W2": jnp.sum(w**2), "n_fail": jnp.sum(~ok)}
-            if louis:
-                gr = jax.vmap(lambda p, fi, oi: grad_c(psi_hat, p, fi, oi, data_i, x_i))(phi_i, f, ok)
-                he = jax.vmap(lambda p, fi, oi: hess_c(psi_hat, p, fi, oi, data_i, x_i))(phi_i, f, ok)
-                gr = jnp.where(fin[:, None], gr, 0.0)
-                he = jnp.where(fin[:, None, None], he, 0.0)
-                out.update(
-                    G=w @ gr, GG=jnp.einsum("m,mi,mj->ij", w, gr, gr),
-                    H=jnp.einsum("m,mij->ij", w, he), P=w @ phi_i,
-                    PP=jnp.einsum("m,mi,mj->ij", w, phi_i, phi_i),
+    def make_chunk(louis):
+        @jax.jit
+        def chunk(key, psi, m_q, L_q):
+            b, o, ls = layout.unpack(psi)
+            mu = jnp.einsum("njp,jp->nj", X, b)
+            L_pop = jnp.linalg.cholesky(o)
+            phi = draws(key, m_q, L_q, mu, L_pop)
+
+            def per_subject(phi_i, m_i, Lq_i, mu_i, data_i, x_i):
+                f, ok = jax.vmap(lambda p: predict_one(p, data_i))(phi_i)
+                lprior = eta_logprior(phi_i - mu_i, L_pop)
+                lq = jnp.logaddexp(
+                    jnp.log1p(-W_PRIOR) + _mvt_logpdf(phi_i, m_i, Lq_i, NU),
+                    jnp.log(W_PRIOR) + lprior,
                 )
-            return out
+                lr = jax.vmap(lambda fi: resid(ls, fi, data_i))(f)
+                lc = lr + lprior
+                lw = jnp.where(ok & jnp.isfinite(lc), lc - lq, -jnp.inf)
+                fin = jnp.isfinite(lw)
+                lmax = jnp.max(lw)
+                lmax = jnp.where(jnp.isfinite(lmax), lmax, 0.0)
+                w = jnp.exp(lw - lmax)
+                out = {"lmax": lmax, "W": w.sum(), "W2": jnp.sum(w**2), "n_fail": jnp.sum(~ok)}
+                if louis:
+                    zeros = (jnp.zeros(d), jnp.zeros((d, d)))
+                    a0 = grad_prior(psi, *zeros, x_i)
+                    A1, A2 = prior_coef(psi, *zeros, x_i)
+                    gp = a0 + phi_i @ A1.T + jnp.einsum("kij,mi,mj->mk", A2, phi_i, phi_i)
+                    f_safe = jnp.where(fin[:, None], f, 1.0)
+                    gr = jax.vmap(lambda fi: grad_resid(ls, fi, data_i))(f_safe)
+                    hr = jax.vmap(lambda fi: hess_resid(ls, fi, data_i))(f_safe)
+                    gall = gp.at[:, layout.size - n_s:].add(gr)
+                    gall = jnp.where(fin[:, None], gall, 0.0)
+                    hr = jnp.where(fin[:, None, None], hr, 0.0)
+                    out.update(
+                        G=w @ gall, GG=jnp.einsum("m,mi,mj->ij", w, gall, gall),
+                        HR=jnp.einsum("m,mij->ij", w, hr), P=w @ phi_i,
+                        PP=jnp.einsum("m,mi,mj->ij", w, phi_i, phi_i),
+                    )
+                return out
 
-        return jax.vmap(per_subject)(phi, m_q, L_q, mu, data, X)
+            return jax.vmap(per_subject)(phi, m_q, L_q, mu, data, X)
 
+        return chunk
+
+    chunk_louis, chunk_plain = make_chunk(True), make_chunk(False)
+
+    @jax.jit
+    def expected_hessian(psi, m1, m2, HR):
+        hp = jax.vmap(lambda a, b_, x: hess_prior(psi, a, b_, x))(m1, m2, X).sum(0)
+        return hp.at[layout.size - n_s:, layout.size - n_s:].add(HR.sum(0))
 
     def combine(acc, new):
-        if acc is None:
-            return jax.tree.map(np.asarray, new)
         new = jax.tree.map(np.asarray, new)
+        if acc is None:
+            return new
         lmax = np.maximum(acc["lmax"], new["lmax"])
         out = {"lmax": lmax, "n_fail": acc["n_fail"] + new["n_fail"]}
         sa, sn = np.exp(acc["lmax"] - lmax), np.exp(new["lmax"] - lmax)
-        for k in [k for k in ("W", "G", "GG", "H", "P", "PP") if k in acc]:
+        for k in [k for k in ("W", "G", "GG", "HR", "P", "PP") if k in acc]:
             shape = (-1,) + (1,) * (acc[k].ndim - 1)
             out[k] = acc[k] * sa.reshape(shape) + new[k] * sn.reshape(shape)
         out["W2"] = acc["W2"] * sa**2 + new["W2"] * sn**2
         return out
 
-    key = jax.random.PRNGKey(options.seed)
-    # pass 1: the information and the EBEs from a fixed number of draws
-    lacc = None
-    n_louis = max(1, options.louis_draws // options.draws_per_chunk)
-    for c in range(n_louis):
-        lacc = combine(lacc, chunk(jax.random.fold_in(key, 10**6 + c), True, m_q, L_q))
-    # adapt the proposal to the weighted moments of pass 1
-    wm = lacc["P"] / lacc["W"][:, None]
-    wc = lacc["PP"] / lacc["W"][:, None, None] - wm[:, :, None] * wm[:, None, :]
-    ess1 = lacc["W"] ** 2 / lacc["W2"]
-    good = (ess1 > 50)[:, None, None]
-    cov2 = np.where(good, INFLATE * wc + 1e-8 * np.eye(d), np.asarray(cov))
-    m_q = jnp.asarray(np.where(good[:, :, 0], wm, np.asarray(m_q)))
-    L_q = jnp.linalg.cholesky(jnp.asarray(cov2))
-    # pass 2: -2LL until its Monte Carlo SE reaches the target
-    acc, m_total, c = None, 0, 0
-    if not m2ll:
-        acc, m_total = lacc, n_louis * options.draws_per_chunk
+    def mc_se(acc, m_total):
         mean_w = acc["W"] / m_total
         var_log = np.maximum(acc["W2"] / m_total - mean_w**2, 0.0) / m_total / mean_w**2
-        se = 2 * np.sqrt(var_log.sum())
-    with progress_bar(options.max_draws, "importance sampling (draws/subject)", progress and m2ll) as adv:
-        while m2ll:
-            acc = combine(acc, chunk(jax.random.fold_in(key, c), False, m_q, L_q))
-            c += 1
-            m_total += options.draws_per_chunk
-            adv(options.draws_per_chunk)
-            W, W2 = acc["W"], acc["W2"]
-            mean_w = W / m_total
-            var_log = np.maximum(W2 / m_total - mean_w**2, 0.0) / m_total / mean_w**2
-            se = 2 * np.sqrt(var_log.sum())
-            if m_total >= options.min_draws and (se <= options.target_se or m_total >= options.max_draws):
-                break
-    W = acc["W"]
-    loglik_i = np.log(W / m_total) + acc["lmax"]
-    WL = lacc["W"]
-    Eg = lacc["G"] / WL[:, None]
-    Egg = lacc["GG"] / WL[:, None, None]
-    EH = lacc["H"] / WL[:, None, None]
-    info = np.sum(-EH - Egg + Eg[:, :, None] * Eg[:, None, :], axis=0)
-    score = Eg.sum(0)
-    ebe = lacc["P"] / WL[:, None]
-    ebe_cov = lacc["PP"] / WL[:, None, None] - ebe[:, :, None] * ebe[:, None, :]
-    return {
-        "m2ll": float(-2 * loglik_i.sum()),
-        "m2ll_se": float(se),
-        "loglik_i": loglik_i,
-        "ess": W**2 / acc["W2"],
-        "draws": m_total,
-        "failed_draws": acc["n_fail"],
-        "info": info,
-        "score": score,
-        "ebe": ebe,
-        "ebe_sd": np.sqrt(np.maximum(np.diagonal(ebe_cov, axis1=1, axis2=2), 0.0)),
-        "ebe_cov": ebe_cov,
-        "layout": layout,
-        "psi": np.asarray(psi_hat),
-    }
+        return 2 * np.sqrt(var_log.sum())
+
+    def sample(params, post_mean, post_cov, progress: bool = False, m2ll: bool = True):
+        beta, omega, log_sigma = (jnp.asarray(params[k]) for k in ("beta", "omega", "log_sigma"))
+        psi_hat = layout.pack(beta, omega, log_sigma)
+        cov = INFLATE * (jnp.asarray(post_cov) + 1e-8 * jnp.eye(d))
+        # floor the proposal at 1% of the population variance so no subject's proposal collapses
+        cov = cov + 0.01 * jnp.diag(jnp.diag(omega))[None]
+        L_q = jnp.linalg.cholesky(cov)
+        m_q = jnp.asarray(post_mean)
+        key = jax.random.PRNGKey(options.seed)
+        # pass 1: the information and the EBEs from a fixed number of draws
+        lacc = None
+        n_louis = max(1, options.louis_draws // M)
+        for c in range(n_louis):
+            lacc = combine(lacc, chunk_louis(jax.random.fold_in(key, 10**6 + c), psi_hat, m_q, L_q))
+        WL = lacc["W"]
+        ebe = lacc["P"] / WL[:, None]
+        epp = lacc["PP"] / WL[:, None, None]
+        ebe_cov = epp - ebe[:, :, None] * ebe[:, None, :]
+        # adapt the proposal to the weighted moments of pass 1
+        ess1 = WL**2 / lacc["W2"]
+        good = (ess1 > 50)[:, None, None]
+        cov2 = np.where(good, INFLATE * ebe_cov + 1e-8 * np.eye(d), np.asarray(cov))
+        m_q = jnp.asarray(np.where(good[:, :, 0], ebe, np.asarray(m_q)))
+        L_q = jnp.linalg.cholesky(jnp.asarray(cov2))
+        # pass 2: -2LL until its Monte Carlo SE reaches the target
+        if m2ll:
+            acc, m_total, c = None, 0, 0
+            with progress_bar(options.max_draws, "importance sampling (draws/subject)", progress) as adv:
+                while True:
+                    acc = combine(acc, chunk_plain(jax.random.fold_in(key, c), psi_hat, m_q, L_q))
+                    c += 1
+                    m_total += M
+                    adv(M)
+                    se = mc_se(acc, m_total)
+                    if m_total >= options.min_draws and (se <= options.target_se or m_total >= options.max_draws):
+                        break
+        else:
+            acc, m_total = lacc, n_louis * M
+            se = mc_se(acc, m_total)
+        W = acc["W"]
+        loglik_i = np.log(W / m_total) + acc["lmax"]
+        Eg = lacc["G"] / WL[:, None]
+        Egg = lacc["GG"] / WL[:, None, None]
+        EH = np.asarray(expected_hessian(psi_hat, jnp.asarray(ebe), jnp.asarray(epp),
+                                         jnp.asarray(lacc["HR"] / WL[:, None, None])))
+        info = -EH - np.sum(Egg - Eg[:, :, None] * Eg[:, None, :], axis=0)
+        return {
+            "m2ll": float(-2 * loglik_i.sum()),
+            "m2ll_se": float(se),
+            "loglik_i": loglik_i,
+            "ess": W**2 / acc["W2"],
+            "draws": m_total,
+            "failed_draws": acc["n_fail"],
+            "info": info,
+            "score": Eg.sum(0),
+            "ebe": ebe,
+            "ebe_sd": np.sqrt(np.maximum(np.diagonal(ebe_cov, axis1=1, axis2=2), 0.0)),
+            "ebe_cov": ebe_cov,
+            "layout": layout,
+            "psi": np.asarray(psi_hat),
+        }
+
+    return sample
+
+
+def importance_sample(stat, predict_one, data, X, params, post_mean, post_cov, codes,
+                      options: ISOptions = ISOptions(), progress: bool = False, m2ll: bool = True):
+    """One importance-sampling evaluation at ``params`` (builds and compiles the sampler; a fit
+    that evaluates several times builds it once with :func:`make_importance_sampler`).
+
+    With ``m2ll=False`` only the first pass runs (information, score, EBEs; -2LL from those
+    draws only, less precise): what a polishing step needs.
+    """
+    sample = make_importance_sampler(stat, predict_one, data, X, codes, options)
+    return sample(params, post_mean, post_cov, progress=progress, m2ll=m2ll)
