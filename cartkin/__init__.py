@@ -27,6 +27,12 @@ from ._models import ODEModel as ODEModel  # noqa: E402
 from ._models import Output as Output  # noqa: E402
 from ._models import Param as Param  # noqa: E402
 from ._models import Stein2019 as Stein2019  # noqa: E402
+from ._models import AntigenEscapeBALL as AntigenEscapeBALL  # noqa: E402
+from ._models import ArmoredCAR as ArmoredCAR  # noqa: E402
+from ._models import BCellAplasia as BCellAplasia  # noqa: E402
+from ._models import LeonTriana2021BALL as LeonTriana2021BALL  # noqa: E402
+from ._models import LeonTriana2021Solid as LeonTriana2021Solid  # noqa: E402
+from ._models import MDSCSuppression as MDSCSuppression  # noqa: E402
 from ._models import Stein2019ODE as Stein2019ODE  # noqa: E402
 from ._models.registry import available_models as available_models  # noqa: E402
 from ._models.registry import get_model as get_model  # noqa: E402

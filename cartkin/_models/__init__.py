@@ -12,3 +12,9 @@ from .lisocel import LisoCel as LisoCel
 from .lisocel import LisoCelODE as LisoCelODE
 from .stein2019 import Stein2019 as Stein2019
 from .stein2019 import Stein2019ODE as Stein2019ODE
+from .antigen_escape import AntigenEscapeBALL as AntigenEscapeBALL
+from .armored import ArmoredCAR as ArmoredCAR
+from .bcell_aplasia import BCellAplasia as BCellAplasia
+from .leontriana2021_ball import LeonTriana2021BALL as LeonTriana2021BALL
+from .leontriana2021_solid import LeonTriana2021Solid as LeonTriana2021Solid
+from .mdsc import MDSCSuppression as MDSCSuppression
