@@ -38,17 +38,28 @@ CASES = [
     (AntigenEscapeBALL(), {"fneg": 1e-4, "mu": 1e-3, "mu2": 1e-3, "dual": 1.0}, BALL),
     (LeonTriana2021Solid(), {"C0": 0.0}, SOLID),
     (ArmoredCAR(), {"C0": 0.0, "a1": 0.1}, SOLID),
-    (MDSCSuppression(), {"C0": 0.0, "drug": 1.0, "e_rec": 0.5, "e_sup": 0.3, "e_car": -0.2,
-                         "e_il6": 0.1}, SOLID),
+    (
+        MDSCSuppression(),
+        {"C0": 0.0, "drug": 1.0, "e_rec": 0.5, "e_sup": 0.3, "e_car": -0.2, "e_il6": 0.1},
+        SOLID,
+    ),
     (BCellAplasia(), {}, None),
 ]
-IDS = ["leontriana_ball", "escape_single", "escape_dual", "leontriana_solid", "armored", "mdsc",
-       "bcell_aplasia"]
+IDS = [
+    "leontriana_ball",
+    "escape_single",
+    "escape_dual",
+    "leontriana_solid",
+    "armored",
+    "mdsc",
+    "bcell_aplasia",
+]
 
 
 def _sim(model, theta, regimen):
-    res = ck.simulate(model, theta, TIMES, regimen, rtol=1e-10, atol=1e-8, max_steps=200_000,
-                      method="diffrax")
+    res = ck.simulate(
+        model, theta, TIMES, regimen, rtol=1e-10, atol=1e-8, max_steps=200_000, method="diffrax"
+    )
     assert bool(res.ok.all())
     return {k: v[0] for k, v in res.outputs.items()}
 
@@ -66,8 +77,14 @@ def test_against_scipy(model, over, regimen):
         _close(got[name], ref[name])
 
 
-MODELS = [LeonTriana2021BALL(), AntigenEscapeBALL(), LeonTriana2021Solid(), ArmoredCAR(),
-          MDSCSuppression(), BCellAplasia()]
+MODELS = [
+    LeonTriana2021BALL(),
+    AntigenEscapeBALL(),
+    LeonTriana2021Solid(),
+    ArmoredCAR(),
+    MDSCSuppression(),
+    BCellAplasia(),
+]
 
 
 @pytest.mark.parametrize("model", MODELS, ids=lambda m: m.name)

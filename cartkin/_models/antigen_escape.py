@@ -51,9 +51,9 @@ import jax.numpy as jnp
 
 from . import il6_layer
 from .base import ODEModel, Output, Param
-from .leontriana2021_ball import C0, CITATION as PARENT_CITATION
+from .leontriana2021_ball import C0, inflow
+from .leontriana2021_ball import CITATION as PARENT_CITATION
 from .leontriana2021_ball import PARAMETERS as PARENT_PARAMETERS
-from .leontriana2021_ball import inflow
 
 CITATION = (
     "Construction on " + PARENT_CITATION + "; IL-6 form after Hardiansyah D, Ng CM. Clin Transl "

@@ -42,21 +42,25 @@ import jax.numpy as jnp
 
 from . import il6_layer
 from .base import ODEModel, Output, Param
-from .leontriana2021_solid import CB0, CITATION as PARENT_CITATION
+from .leontriana2021_solid import CB0, solid_rates
+from .leontriana2021_solid import CITATION as PARENT_CITATION
 from .leontriana2021_solid import OUTPUTS as PARENT_OUTPUTS
 from .leontriana2021_solid import PARAMETERS as PARENT_PARAMETERS
-from .leontriana2021_solid import solid_rates
 
 CITATION = "Construction on " + PARENT_CITATION
 
 _PARAMETERS = {
     **PARENT_PARAMETERS,
-    "pX": Param(2e-7, "pg/mL per cell per d", "cytokine secretion per CAR-T (ASSUMED; 0: conventional)"),
+    "pX": Param(
+        2e-7, "pg/mL per cell per d", "cytokine secretion per CAR-T (ASSUMED; 0: conventional)"
+    ),
     "kX": Param(2.0, "1/d", "cytokine clearance (ASSUMED)"),
     "KX": Param(100.0, "pg/mL", "cytokine level of half-maximal proliferation boost (ASSUMED)"),
     "EX": Param(1.0, "1", "maximal relative proliferation boost (ASSUMED)"),
     "KS": Param(100.0, "pg/mL", "cytokine level halving the suppression a1 (ASSUMED)"),
-    "pIL6X": Param(2.0, "1/d", "IL-6 driven by the cytokine, pg/mL IL-6 per pg/mL X per d (ASSUMED)"),
+    "pIL6X": Param(
+        2.0, "1/d", "IL-6 driven by the cytokine, pg/mL IL-6 per pg/mL X per d (ASSUMED)"
+    ),
     "inducible": Param(0.0, "1", "0 constitutive, 1 secretion by engaged CAR-T only", "real"),
     **il6_layer.PARAMETERS,
 }

@@ -42,7 +42,9 @@ _STEIN = Stein2019ODE()
 
 _PARAMETERS = {
     **Stein2019ODE.parameters,
-    "kappa": Param(2000.0, "copies/ug per cell/uL", "transgene copies per CAR-T cell/uL (Singh 2021)"),
+    "kappa": Param(
+        2000.0, "copies/ug per cell/uL", "transgene copies per CAR-T cell/uL (Singh 2021)"
+    ),
     "tauH": Param(60.0, "d", "lifetime of healthy antigen-positive cells (León-Triana 2021)"),
     "Hss": Param(200.0, "cells/uL", "normal level of healthy antigen-positive cells (ASSUMED)"),
     "H0": Param(200.0, "cells/uL", "healthy antigen-positive cells at infusion (ASSUMED)"),

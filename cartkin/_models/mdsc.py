@@ -47,10 +47,10 @@ import jax.numpy as jnp
 
 from . import il6_layer
 from .base import ODEModel, Output, Param
-from .leontriana2021_solid import CB0, CITATION as PARENT_CITATION
+from .leontriana2021_solid import CB0, solid_rates
+from .leontriana2021_solid import CITATION as PARENT_CITATION
 from .leontriana2021_solid import OUTPUTS as PARENT_OUTPUTS
 from .leontriana2021_solid import PARAMETERS as PARENT_PARAMETERS
-from .leontriana2021_solid import solid_rates
 
 CITATION = (
     "Construction on " + PARENT_CITATION + "; MDSC form of Anderson HG, Takacs GP, Harris DC, "
@@ -100,7 +100,9 @@ class MDSCSuppression(ODEModel):
 
     def initial_state(self, theta):
         z = jnp.zeros_like(theta["T0"])
-        return jnp.stack([theta["C0"], theta["T0"], z, theta["B0"], theta["M0"], theta["IL6_0"] + z])
+        return jnp.stack(
+            [theta["C0"], theta["T0"], z, theta["B0"], theta["M0"], theta["IL6_0"] + z]
+        )
 
     def vector_field(self, t, y, theta):
         C, T, Cb, B, M, il6 = (y[i] for i in range(6))

@@ -43,7 +43,7 @@ def run(cfg, *, progress=False) -> common.ScenarioResult:
     reg = Regimen.single(opt["dose"])
     rng = np.random.default_rng(cfg.seed)
     rows = []
-    for arm, px, ind in zip(opt["arms"], opt["pX"], opt["inducible"]):
+    for arm, px, ind in zip(opt["arms"], opt["pX"], opt["inducible"], strict=True):
         for a1 in opt["suppression"]:
             th = common.with_values(theta, pX=px, inducible=ind, a1=a1)
             res = common.run_sim(MODEL, th, times, reg, progress=progress)
@@ -52,8 +52,11 @@ def run(cfg, *, progress=False) -> common.ScenarioResult:
             resp = best <= opt["response_fraction"]
             peak = res.outputs["IL6"].max(axis=1)
             row = {"arm": arm, "a1": a1, "patients": cfg.patients}
-            for name, x in (("response", resp.astype(float)), ("crs3", link.risk(peak)),
-                            ("cure", (tum[:, -1] <= 0).astype(float))):
+            for name, x in (
+                ("response", resp.astype(float)),
+                ("crs3", link.risk(peak)),
+                ("cure", (tum[:, -1] <= 0).astype(float)),
+            ):
                 p, lo, hi = common.interval(x, rng)
                 row.update({f"p_{name}": p, f"p_{name}_lo90": lo, f"p_{name}_hi90": hi})
             row["peak_il6_median"] = float(np.median(peak))
@@ -67,20 +70,36 @@ def run(cfg, *, progress=False) -> common.ScenarioResult:
         for arm, g in table.groupby("arm", sort=False):
             line = ax.plot(100 * g["p_crs3"], 100 * g["p_response"], "o-", label=arm)[0]
             for _, r in g.iterrows():
-                ax.annotate(f"{r['a1']:g}", (100 * r["p_crs3"], 100 * r["p_response"]),
-                            fontsize=7, xytext=(3, 3), textcoords="offset points")
-            bx.errorbar(g["a1"], 100 * g["p_response"],
-                        yerr=[100 * (g["p_response"] - g["p_response_lo90"]),
-                              100 * (g["p_response_hi90"] - g["p_response"])],
-                        color=line.get_color(), marker="o", capsize=2, label=arm)
+                ax.annotate(
+                    f"{r['a1']:g}",
+                    (100 * r["p_crs3"], 100 * r["p_response"]),
+                    fontsize=7,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
+            bx.errorbar(
+                g["a1"],
+                100 * g["p_response"],
+                yerr=[
+                    100 * (g["p_response"] - g["p_response_lo90"]),
+                    100 * (g["p_response_hi90"] - g["p_response"]),
+                ],
+                color=line.get_color(),
+                marker="o",
+                capsize=2,
+                label=arm,
+            )
         ax.set_xlabel("P(CRS >= 3), % (assumed link; relative scale)")
         ax.set_ylabel("P(response), %")
         ax.set_title("trade-off: points labelled by suppression a1 (/d)", fontsize=9)
         ax.legend(fontsize=8)
         bx.set_xlabel("suppression a1 (/d)")
         bx.set_ylabel("P(response), % (90% MC interval)")
-        fig.suptitle(f"{cfg.title} (N={cfg.patients} per arm and level, seed {cfg.seed}); "
-                     "armoring is a construction with assumed values", fontsize=8)
+        fig.suptitle(
+            f"{cfg.title} (N={cfg.patients} per arm and level, seed {cfg.seed}); "
+            "armoring is a construction with assumed values",
+            fontsize=8,
+        )
         fig.tight_layout()
         fig.savefig(path, dpi=120)
         plt.close(fig)
@@ -92,6 +111,10 @@ def run(cfg, *, progress=False) -> common.ScenarioResult:
         f"median peak IL-6 {r['peak_il6_median']:.0f} pg/mL"
         for _, r in table.iterrows()
     ]
-    notice = ("CONSTRUCTED MODEL: the armored CAR (cytokine secretion, boost, relief, IL-6) is our "
-              "construction with assumed values; only the León-Triana parent is published.")
-    return common.ScenarioResult(table, plot, tuple(summary), {"crs_link": vars(link)}, notice=notice)
+    notice = (
+        "CONSTRUCTED MODEL: the armored CAR (cytokine secretion, boost, relief, IL-6) is our "
+        "construction with assumed values; only the León-Triana parent is published."
+    )
+    return common.ScenarioResult(
+        table, plot, tuple(summary), {"crs_link": vars(link)}, notice=notice
+    )

@@ -77,17 +77,28 @@ def run(cfg, *, progress=False) -> common.ScenarioResult:
         return r, dc, pfs, mucosa
 
     grid = np.asarray(opt["a1_grid"], float)
-    orr = np.array([arm(common.with_values(theta, a1_x=g / MODEL.parameters["a1"].default), three)[0].mean()
-                    for g in grid])
+    orr = np.array(
+        [
+            arm(common.with_values(theta, a1_x=g / MODEL.parameters["a1"].default), three)[0].mean()
+            for g in grid
+        ]
+    )
     target = opt["orr_target"]
     if not (orr.min() <= target <= orr.max()):
-        raise ValueError(f"{cfg.source}: ORR spans {orr.min():.2f}-{orr.max():.2f} on options.a1_grid;"
-                         f" widen it to bracket {target}")
+        raise ValueError(
+            f"{cfg.source}: ORR spans {orr.min():.2f}-{orr.max():.2f} on options.a1_grid;"
+            f" widen it to bracket {target}"
+        )
     for _ in range(2):
         order = np.lexsort((grid, orr))
         log_a = float(np.interp(target, orr[order], np.log(grid[order])))
         grid = np.append(grid, np.exp(log_a))
-        orr = np.append(orr, arm(common.with_values(theta, a1_x=grid[-1] / MODEL.parameters["a1"].default), three)[0].mean())
+        orr = np.append(
+            orr,
+            arm(common.with_values(theta, a1_x=grid[-1] / MODEL.parameters["a1"].default), three)[
+                0
+            ].mean(),
+        )
     a1 = float(grid[-1])
     th = common.with_values(theta, a1_x=a1 / MODEL.parameters["a1"].default)
     rng = np.random.default_rng(cfg.seed)
@@ -100,18 +111,45 @@ def run(cfg, *, progress=False) -> common.ScenarioResult:
             p, lo, hi = common.interval(x.astype(float), rng)
             row.update({col: p, f"{col}_lo90": lo, f"{col}_hi90": hi})
         m, lo, hi = common.interval(pfs, rng, stat=_median_pfs)
-        row.update({"median_pfs_months": m / DAYS_PER_MONTH, "median_pfs_months_lo90": lo / DAYS_PER_MONTH,
-                    "median_pfs_months_hi90": hi / DAYS_PER_MONTH,
-                    "offtumour_nadir_median": float(np.median(mucosa))})
+        row.update(
+            {
+                "median_pfs_months": m / DAYS_PER_MONTH,
+                "median_pfs_months_lo90": lo / DAYS_PER_MONTH,
+                "median_pfs_months_hi90": hi / DAYS_PER_MONTH,
+                "offtumour_nadir_median": float(np.median(mucosa)),
+            }
+        )
         rows.append(row)
-    untreated = common.run_sim(MODEL, common.with_values(th, C0=0.0), times, None, progress=progress)
+    untreated = common.run_sim(
+        MODEL, common.with_values(th, C0=0.0), times, None, progress=progress
+    )
     r0, dc0, pfs0 = endpoints(untreated.outputs["tumour"], T0, times, opt)
-    rows.append({"arm": "untreated (orientation only)", "a1_typical": a1, "patients": cfg.patients,
-                 "orr": r0.mean(), "dcr": dc0.mean(), "median_pfs_months": _median_pfs(pfs0) / DAYS_PER_MONTH})
-    rows.append({"arm": "published satri-cel arm (Qi 2025, n=104)", "orr": 0.22, "dcr": opt["published_dcr"],
-                 "median_pfs_months": opt["published_median_pfs_months"]})
-    rows.append({"arm": "published control arm (Qi 2025, n=52; physician's choice)", "orr": 0.04,
-                 "dcr": 0.25, "median_pfs_months": 1.77})
+    rows.append(
+        {
+            "arm": "untreated (orientation only)",
+            "a1_typical": a1,
+            "patients": cfg.patients,
+            "orr": r0.mean(),
+            "dcr": dc0.mean(),
+            "median_pfs_months": _median_pfs(pfs0) / DAYS_PER_MONTH,
+        }
+    )
+    rows.append(
+        {
+            "arm": "published satri-cel arm (Qi 2025, n=104)",
+            "orr": 0.22,
+            "dcr": opt["published_dcr"],
+            "median_pfs_months": opt["published_median_pfs_months"],
+        }
+    )
+    rows.append(
+        {
+            "arm": "published control arm (Qi 2025, n=52; physician's choice)",
+            "orr": 0.04,
+            "dcr": 0.25,
+            "median_pfs_months": 1.77,
+        }
+    )
     table = pd.DataFrame(rows)
     calib = pd.DataFrame({"a1_typical": grid, "orr_3_infusions": orr}).sort_values("a1_typical")
 
@@ -126,22 +164,40 @@ def run(cfg, *, progress=False) -> common.ScenarioResult:
             vals = 100 * np.array([r["orr"], r["dcr"]])
             err = None
             if np.isfinite(r.get("orr_lo90", np.nan)):
-                err = 100 * np.array([[r["orr"] - r["orr_lo90"], r["dcr"] - r["dcr_lo90"]],
-                                      [r["orr_hi90"] - r["orr"], r["dcr_hi90"] - r["dcr"]]])
-            ax.bar(x + j * w, vals, w, yerr=err, capsize=3,
-                   label=f"{r['arm']}: median PFS {r['median_pfs_months']:.2f} mo")
+                err = 100 * np.array(
+                    [
+                        [r["orr"] - r["orr_lo90"], r["dcr"] - r["dcr_lo90"]],
+                        [r["orr_hi90"] - r["orr"], r["dcr_hi90"] - r["dcr"]],
+                    ]
+                )
+            ax.bar(
+                x + j * w,
+                vals,
+                w,
+                yerr=err,
+                capsize=3,
+                label=f"{r['arm']}: median PFS {r['median_pfs_months']:.2f} mo",
+            )
         ax.set_xticks(x + w, labels)
         ax.set_ylabel("% of patients")
-        ax.set_title(f"{cfg.title}\n(N={cfg.patients}, seed {cfg.seed}; a1 calibrated to ORR 22%)", fontsize=8)
+        ax.set_title(
+            f"{cfg.title}\n(N={cfg.patients}, seed {cfg.seed}; a1 calibrated to ORR 22%)",
+            fontsize=8,
+        )
         ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(path, dpi=120)
         plt.close(fig)
 
-    summary = [f"calibrated typical a1 = {a1:.3g} /d (ORR of the 3-infusion arm {100 * orr[-1]:.1f}%, "
-               f"target {100 * target:.0f}%)"]
+    summary = [
+        f"calibrated typical a1 = {a1:.3g} /d (ORR of the 3-infusion arm {100 * orr[-1]:.1f}%, "
+        f"target {100 * target:.0f}%)"
+    ]
     for _, r in table.iterrows():
-        summary.append(f"{r['arm']}: ORR {100 * r['orr']:.1f}%, DCR {100 * r['dcr']:.1f}%, "
-                       f"median PFS {r['median_pfs_months']:.2f} months")
-    return common.ScenarioResult(table, plot, tuple(summary), {"a1_typical": a1},
-                                 extra_tables={"calibration": calib})
+        summary.append(
+            f"{r['arm']}: ORR {100 * r['orr']:.1f}%, DCR {100 * r['dcr']:.1f}%, "
+            f"median PFS {r['median_pfs_months']:.2f} months"
+        )
+    return common.ScenarioResult(
+        table, plot, tuple(summary), {"a1_typical": a1}, extra_tables={"calibration": calib}
+    )

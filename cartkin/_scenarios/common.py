@@ -105,7 +105,9 @@ def sample(model: Model, typical: Mapping, omega: Mapping, n: int, seed: int):
     return theta
 
 
-def run_sim(model, theta, times, regimen, *, progress: bool, rtol=1e-6, atol=1e-6, method="batched"):
+def run_sim(
+    model, theta, times, regimen, *, progress: bool, rtol=1e-6, atol=1e-6, method="batched"
+):
     """:func:`cartkin.simulate` with the trials' tolerances; failed solves raise one message.
 
     The default solver is cartkin's batched Rosenbrock (``method="batched"``): at strong
@@ -115,7 +117,14 @@ def run_sim(model, theta, times, regimen, *, progress: bool, rtol=1e-6, atol=1e-
     took 0.2 s (measured on 2 shared CPU cores). ``max_steps`` is raised to 100,000 per segment.
     """
     res = simulate(
-        model, theta, times, regimen, rtol=rtol, atol=atol, progress=progress, max_steps=100_000,
+        model,
+        theta,
+        times,
+        regimen,
+        rtol=rtol,
+        atol=atol,
+        progress=progress,
+        max_steps=100_000,
         method=method,
     )
     bad = int(np.sum(~res.ok))

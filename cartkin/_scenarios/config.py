@@ -50,9 +50,7 @@ def _frozen(d):
 def _check_keys(section: Mapping, allowed, where: str, path: Path) -> None:
     unknown = sorted(set(section) - set(allowed))
     if unknown:
-        raise ValueError(
-            f"{path}: unknown key(s) {unknown} in {where}; allowed: {sorted(allowed)}"
-        )
+        raise ValueError(f"{path}: unknown key(s) {unknown} in {where}; allowed: {sorted(allowed)}")
 
 
 def _numbers(d, where: str, path: Path) -> dict[str, float]:
@@ -80,7 +78,9 @@ def load_scenario(path: str | Path, **overrides) -> ScenarioConfig:
     _check_keys(raw, _TOP, "the top level", path)
     kind = raw.get("kind")
     if kind not in KINDS:
-        raise ValueError(f"{path}: kind = {kind!r} is not a known trial; choose from {sorted(KINDS)}")
+        raise ValueError(
+            f"{path}: kind = {kind!r} is not a known trial; choose from {sorted(KINDS)}"
+        )
     module = KINDS[kind]
     seed = overrides.get("seed") if overrides.get("seed") is not None else raw.get("seed", 0)
     patients = overrides.get("patients") or raw.get("patients", 1000)

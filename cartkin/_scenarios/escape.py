@@ -52,7 +52,9 @@ def endpoints(res, theta, times, opt) -> pd.DataFrame:
     relapse_mask = after & (total > opt["cr_fraction"] * L0)
     t_rel = common.first_time(relapse_mask, times)
     relapse = cr & np.isfinite(t_rel)
-    idx = np.clip(np.searchsorted(times, np.where(np.isfinite(t_rel), t_rel, times[-1])), 0, len(times) - 1)
+    idx = np.clip(
+        np.searchsorted(times, np.where(np.isfinite(t_rel), t_rel, times[-1])), 0, len(times) - 1
+    )
     rows = np.arange(len(total))
     neg = (ln + lnn)[rows, idx] > lp[rows, idx]
     peak_il6 = o["IL6"].max(axis=1)
@@ -79,14 +81,16 @@ def run(cfg, *, progress=False) -> common.ScenarioResult:
     theta = common.sample(MODEL, cfg.typical, cfg.omega, cfg.patients, cfg.seed)
     reg = Regimen.single(opt["dose"])
     per_arm = {}
-    for arm, d in zip(opt["arms"], opt["dual"]):
+    for arm, d in zip(opt["arms"], opt["dual"], strict=True):
         th = common.with_values(theta, dual=d)
         res = common.run_sim(MODEL, th, times, reg, progress=progress)
         per_arm[arm] = endpoints(res, th, times, opt)
     slope = float(cfg.crs.get("slope", 1.0))
     ref = opt["arms"][0]
     if "calibrate" in cfg.crs:
-        il6_50 = common.calibrate_il6_50(per_arm[ref]["peak_il6"].to_numpy(), float(cfg.crs["calibrate"]), slope)
+        il6_50 = common.calibrate_il6_50(
+            per_arm[ref]["peak_il6"].to_numpy(), float(cfg.crs["calibrate"]), slope
+        )
     else:
         il6_50 = float(cfg.crs.get("il6_50", 1000.0))
     link = common.CRSLink(slope, il6_50)
@@ -94,8 +98,14 @@ def run(cfg, *, progress=False) -> common.ScenarioResult:
     rows = []
     for arm, ep in per_arm.items():
         row = {"arm": arm, "patients": len(ep)}
-        for col in ("cr", "mrd_negative", "relapse", "antigen_negative_relapse",
-                    "antigen_positive_relapse", "event_free_12m"):
+        for col in (
+            "cr",
+            "mrd_negative",
+            "relapse",
+            "antigen_negative_relapse",
+            "antigen_positive_relapse",
+            "event_free_12m",
+        ):
             p, lo, hi = common.interval(ep[col].to_numpy(float), rng)
             row.update({f"p_{col}": p, f"p_{col}_lo90": lo, f"p_{col}_hi90": hi})
         risk = link.risk(ep["peak_il6"].to_numpy())
@@ -118,7 +128,9 @@ def run(cfg, *, progress=False) -> common.ScenarioResult:
         x = np.arange(len(cols))
         for j, r in table.iterrows():
             p = np.array([r[f"p_{c}"] for c in cols])
-            err = np.array([[p[i] - r[f"p_{c}_lo90"], r[f"p_{c}_hi90"] - p[i]] for i, c in enumerate(cols)]).T
+            err = np.array(
+                [[p[i] - r[f"p_{c}_lo90"], r[f"p_{c}_hi90"] - p[i]] for i, c in enumerate(cols)]
+            ).T
             a1.bar(x + j * w, 100 * p, w, yerr=100 * err, label=r["arm"], capsize=2)
         a1.set_xticks(x + 0.4 - w / 2, labels, fontsize=8)
         a1.set_ylabel("% of virtual patients (90% MC interval)")
@@ -135,14 +147,21 @@ def run(cfg, *, progress=False) -> common.ScenarioResult:
         fig.savefig(path, dpi=120)
         plt.close(fig)
 
+    def pc(r, c):
+        return common.fmt_p(r[f"p_{c}"], r[f"p_{c}_lo90"], r[f"p_{c}_hi90"])
+
     summary = []
     for _, r in table.iterrows():
         summary.append(
-            f"{r['arm']}: CR {common.fmt_p(r['p_cr'], r['p_cr_lo90'], r['p_cr_hi90'])}; "
-            f"relapse by 12 mo {common.fmt_p(r['p_relapse'], r['p_relapse_lo90'], r['p_relapse_hi90'])}; "
-            f"antigen-negative relapse {common.fmt_p(r['p_antigen_negative_relapse'], r['p_antigen_negative_relapse_lo90'], r['p_antigen_negative_relapse_hi90'])}; "
-            f"median peak IL-6 {r['peak_il6_median']:.0f} pg/mL; P(CRS>=3) "
-            f"{common.fmt_p(r['p_crs3'], r['p_crs3_lo90'], r['p_crs3_hi90'])}"
+            f"{r['arm']}: CR {pc(r, 'cr')}; relapse by 12 mo {pc(r, 'relapse')}; "
+            f"antigen-negative relapse {pc(r, 'antigen_negative_relapse')}; "
+            f"median peak IL-6 {r['peak_il6_median']:.0f} pg/mL; P(CRS>=3) {pc(r, 'crs3')}"
         )
-    record = {"crs_link": {"slope": slope, "il6_50": il6_50, "calibrated_in": ref if "calibrate" in cfg.crs else None}}
+    record = {
+        "crs_link": {
+            "slope": slope,
+            "il6_50": il6_50,
+            "calibrated_in": ref if "calibrate" in cfg.crs else None,
+        }
+    }
     return common.ScenarioResult(table, plot, tuple(summary), record)

@@ -42,8 +42,13 @@ OPTIONS = {
     "sensitivity_targets": (0.60, 0.70),
     "calibration_scales": (1.0, 4.0, 16.0, 32.0, 48.0, 64.0, 96.0, 128.0, 256.0),
     "effects": (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
-    "mechanisms": ("recruitment", "suppression", "both", "suppression, CAR-T harmed",
-                   "suppression, IL-6 damped"),
+    "mechanisms": (
+        "recruitment",
+        "suppression",
+        "both",
+        "suppression, CAR-T harmed",
+        "suppression, IL-6 damped",
+    ),
     "car_harm": -0.2,
     "il6_damping": 0.3,
     "bootstrap": 400.0,
@@ -81,7 +86,9 @@ def run(cfg, *, progress=False) -> common.ScenarioResult:
 
     # 1. calibration of the suppression scale to the baseline regression rate
     scales = np.asarray(opt["calibration_scales"], float)
-    p_cal = np.array([outcome(common.with_values(theta, r_x=s, drug=0.0))[0].mean() for s in scales])
+    p_cal = np.array(
+        [outcome(common.with_values(theta, r_x=s, drug=0.0))[0].mean() for s in scales]
+    )
     order = np.argsort(-p_cal, kind="stable")  # P(regression) falls as suppression grows
     if not (p_cal.min() <= opt["baseline"] <= p_cal.max()):
         raise ValueError(
@@ -107,22 +114,30 @@ def run(cfg, *, progress=False) -> common.ScenarioResult:
     reg0, il60 = outcome(common.with_values(base, drug=0.0))
     p0 = reg0.mean()
     for mech in opt["mechanisms"]:
-        R, I = [], []
+        R, IL = [], []
         for e in effects:
             r, il6 = outcome(common.with_values(base, drug=1.0, **_mechanism(mech, e, opt)))
             R.append(r)
-            I.append(il6)
-        R, I = np.array(R), np.array(I)  # (E, N)
+            IL.append(il6)
+        R, IL = np.array(R), np.array(IL)  # (E, N)
         p = R.mean(axis=1)
-        crs = link.risk(I).mean(axis=1)
+        crs = link.risk(IL).mean(axis=1)
         for k, e in enumerate(effects):
-            curves.append({"mechanism": mech, "effect": e, "p_regression": p[k], "p_crs3": crs[k],
-                           "peak_il6_median": float(np.median(I[k]))})
+            curves.append(
+                {
+                    "mechanism": mech,
+                    "effect": e,
+                    "p_regression": p[k],
+                    "p_crs3": crs[k],
+                    "peak_il6_median": float(np.median(IL[k])),
+                }
+            )
         e_star = common.interp_crossing(effects, p, opt["target"])
-        boots = np.array([common.interp_crossing(effects, R[:, b].mean(axis=1), opt["target"])
-                          for b in boot_idx])
+        boots = np.array(
+            [common.interp_crossing(effects, R[:, b].mean(axis=1), opt["target"]) for b in boot_idx]
+        )
         reached = np.isfinite(boots)
-        lo, hi = (np.quantile(boots[reached], [0.05, 0.95]) if reached.any() else (np.nan, np.nan))
+        lo, hi = np.quantile(boots[reached], [0.05, 0.95]) if reached.any() else (np.nan, np.nan)
         row = {
             "mechanism": mech,
             "target": opt["target"],
@@ -135,11 +150,15 @@ def run(cfg, *, progress=False) -> common.ScenarioResult:
             row[f"effect_needed_for_{round(100 * t)}pct"] = common.interp_crossing(effects, p, t)
         row["p_regression_at_max_effect"] = float(p[-1])
         row["p_crs3_cart_alone"] = float(link.risk(il60).mean())
-        row["p_crs3_at_effect_needed"] = (float(np.interp(e_star, effects, crs))
-                                          if np.isfinite(e_star) else np.nan)
+        row["p_crs3_at_effect_needed"] = (
+            float(np.interp(e_star, effects, crs)) if np.isfinite(e_star) else np.nan
+        )
         row["peak_il6_median_cart_alone"] = float(np.median(il60))
         row["peak_il6_median_at_effect_needed"] = (
-            float(np.interp(e_star, effects, np.median(I, axis=1))) if np.isfinite(e_star) else np.nan)
+            float(np.interp(e_star, effects, np.median(IL, axis=1)))
+            if np.isfinite(e_star)
+            else np.nan
+        )
         row["status"] = "HYPOTHETICAL what-if, not a validated effect"
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -158,8 +177,13 @@ def run(cfg, *, progress=False) -> common.ScenarioResult:
         ax.legend(fontsize=7)
         bx.set_xlabel("drug effect size e")
         bx.set_ylabel("P(CRS >= 3), % (assumed link)")
-        fig.suptitle("HYPOTHETICAL WHAT-IF (not a validated effect): " + cfg.title
-                     + f" (N={cfg.patients}, seed {cfg.seed})", fontsize=8, color="darkred")
+        fig.suptitle(
+            "HYPOTHETICAL WHAT-IF (not a validated effect): "
+            + cfg.title
+            + f" (N={cfg.patients}, seed {cfg.seed})",
+            fontsize=8,
+            color="darkred",
+        )
         fig.tight_layout()
         fig.savefig(path, dpi=120)
         plt.close(fig)
@@ -174,13 +198,24 @@ def run(cfg, *, progress=False) -> common.ScenarioResult:
                 f"{r['mechanism']}: effect needed for {100 * opt['target']:.0f}% regression "
                 f"e = {r['effect_needed']:.2f} [90%: {r['effect_needed_lo90']:.2f}, "
                 f"{r['effect_needed_hi90']:.2f}]; P(CRS>=3) {100 * r['p_crs3_cart_alone']:.1f}% -> "
-                f"{100 * r['p_crs3_at_effect_needed']:.1f}%")
+                f"{100 * r['p_crs3_at_effect_needed']:.1f}%"
+            )
         else:
             summary.append(
                 f"{r['mechanism']}: {100 * opt['target']:.0f}% regression not reached even at "
-                f"e = {effects[-1]:g} (P = {100 * r['p_regression_at_max_effect']:.1f}%)")
-    record = {"crs_link": vars(link), "r_scale": scale, "p_regression_cart_alone": p0,
-              "hypothetical": True}
-    return common.ScenarioResult(table, plot, tuple(summary), record,
-                                 extra_tables={"curves": curves, "calibration": calib},
-                                 notice=common.HYPOTHETICAL)
+                f"e = {effects[-1]:g} (P = {100 * r['p_regression_at_max_effect']:.1f}%)"
+            )
+    record = {
+        "crs_link": vars(link),
+        "r_scale": scale,
+        "p_regression_cart_alone": p0,
+        "hypothetical": True,
+    }
+    return common.ScenarioResult(
+        table,
+        plot,
+        tuple(summary),
+        record,
+        extra_tables={"curves": curves, "calibration": calib},
+        notice=common.HYPOTHETICAL,
+    )
