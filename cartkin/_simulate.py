@@ -120,7 +120,7 @@ def default_chunk_size(solver=None) -> int:
     return _BATCHED_CPU_CHUNK if solver == "batched" else 256
 
 
-_BATCHED_CPU_CHUNK = 1024
+_BATCHED_CPU_CHUNK = 256
 
 
 def _padded_size(m: int, chunk: int) -> int:
@@ -130,10 +130,11 @@ def _padded_size(m: int, chunk: int) -> int:
 
 
 @eqx.filter_jit
-def _solve_batch(model, solver, theta, ev, times, rtol, atol, max_steps_static):
+def _solve_batch(model, solver, theta, ev, times, rtol, atol, max_steps_static, interpolate=False):
     if solver == "batched":
         _, out, status = _batched.solve_batch(
-            model, theta, times, *ev, rtol=rtol, atol=atol, max_steps=max_steps_static
+            model, theta, times, *ev, rtol=rtol, atol=atol, max_steps=max_steps_static,
+            interpolate=interpolate,
         )
         return out, status
     controller = dfx.PIDController(rtol=rtol, atol=atol)
@@ -151,21 +152,23 @@ def _solve_batch(model, solver, theta, ev, times, rtol, atol, max_steps_static):
 _SHARDED_CACHE: dict = {}
 
 
-def _sharded_solver(model, solver, max_steps, devices):
+def _sharded_solver(model, solver, max_steps, devices, interpolate=False):
     """The jitted, sharded solve; cached, so that a second call with the same model, solver and
     devices does not compile again (a fresh ``jax.jit`` per call recompiled every time)."""
-    key = (model, solver, max_steps, tuple(devices))
+    key = (model, solver, max_steps, tuple(devices), interpolate)
     try:
         return _SHARDED_CACHE[key]
     except TypeError:  # unhashable model or solver: build without caching
-        return _build_sharded_solver(model, solver, max_steps, devices)
+        return _build_sharded_solver(model, solver, max_steps, devices, interpolate)
     except KeyError:
         pass
-    out = _SHARDED_CACHE[key] = _build_sharded_solver(model, solver, max_steps, devices)
+    out = _SHARDED_CACHE[key] = _build_sharded_solver(
+        model, solver, max_steps, devices, interpolate
+    )
     return out
 
 
-def _build_sharded_solver(model, solver, max_steps, devices):
+def _build_sharded_solver(model, solver, max_steps, devices, interpolate=False):
     mesh = jax.sharding.Mesh(np.asarray(devices), ("patients",))
     spec = jax.sharding.PartitionSpec("patients")
     rep = jax.sharding.PartitionSpec()
@@ -179,7 +182,9 @@ def _build_sharded_solver(model, solver, max_steps, devices):
         check = {"check_rep": False}
 
     def body(theta, et, ed, ee, times, rtol, atol):
-        return _solve_batch(model, solver, theta, (et, ed, ee), times, rtol, atol, max_steps)
+        return _solve_batch(
+            model, solver, theta, (et, ed, ee), times, rtol, atol, max_steps, interpolate
+        )
 
     fn = shard_map(
         body,
@@ -222,6 +227,7 @@ def simulate(
     devices: Sequence[jax.Device] | None = None,
     progress: bool | None = None,
     method: str = "auto",
+    interpolate: bool = False,
 ) -> SimResult:
     """Simulate ``model`` for N patients (and D regimens) at ``times`` (days).
 
@@ -244,6 +250,12 @@ def simulate(
             solver written for a batch, patients innermost: :mod:`cartkin._batched`; the faster
             one on the CPU for stiff models) or ``"auto"`` (``"batched"`` for an ODE model marked
             stiff when no ``solver`` is given, else ``"diffrax"``).
+        interpolate: batched solver only (diffrax always interpolates, whatever this says).
+            ``False`` (default): every step is shortened to end
+            on the next saved time, so saved values are step values. ``True``: steps end only on
+            events; values at saved times inside a step come from Rodas5's continuous
+            extension (as diffrax's ``SaveAt(ts=...)`` always does). Many saved times then cost
+            far fewer steps (CRS grid of 145 times over 28 days: 2.5x fewer loop iterations).
     """
     times = np.asarray(times, dtype=float)
     _check_inputs(model, theta, times)
@@ -303,7 +315,7 @@ def simulate(
     rtol_a, atol_a = jnp.asarray(rtol, float), jnp.asarray(atol, float)
     times_j = jnp.asarray(times)
     if ndev > 1:
-        fn, sharding = _sharded_solver(model, solver, max_steps, devices)
+        fn, sharding = _sharded_solver(model, solver, max_steps, devices, interpolate)
     outs: list = []
     stats: list = []
     show = progress if progress is not None else n_chunks > 1
@@ -317,7 +329,9 @@ def simulate(
                 evc = jax.device_put(evc, sharding)
                 out, status = fn(th, *evc, times_j, rtol_a, atol_a)
             else:
-                out, status = _solve_batch(model, solver, th, evc, times_j, rtol_a, atol_a, max_steps)
+                out, status = _solve_batch(
+                    model, solver, th, evc, times_j, rtol_a, atol_a, max_steps, interpolate
+                )
             outs.append(jax.tree.map(np.asarray, out))
             stats.append(np.asarray(status))
             advance(min(size, m - c * size))

@@ -140,6 +140,12 @@ class SolveSettings:
     rtol 1e-4) about 310 us per solve, a vmapped Tsit5 (rtol 1e-5, stability-limited at about
     830 steps) about 780 us, Kvaerno5 slower still; the batched solver compiles for longer
     (20-40 s), so short runs and the tests use Tsit5.
+
+    ``interpolate`` (batched solver; see :func:`cartkin.simulate`): read the saved grid from the
+    solver's continuous extension instead of ending a step on each of its 145 times. Measured
+    (1,024 patients of the shipped scenario, rtol 1e-4): 78 loop iterations instead of 192, 1.9x
+    less time per solve, and the log peak IL-6 within 1.3e-4 of an rtol 1e-10 reference (1.2e-5
+    with steps ending on the grid); diffrax solvers always interpolate.
     """
 
     window: float = 28.0
@@ -148,6 +154,7 @@ class SolveSettings:
     fine_until: float = 2.0
     solver: dfx.AbstractSolver | None = dataclasses.field(default_factory=dfx.Tsit5)
     method: str = "auto"
+    interpolate: bool = True
     rtol: float = 1e-5
     atol: float = 1e-8
     max_steps: int = 16384
@@ -186,6 +193,7 @@ class SolveSettings:
             weight=weight,
             solver=self.solver,
             method=self.method,
+            interpolate=self.interpolate,
             rtol=self.rtol,
             atol=self.atol,
             max_steps=self.max_steps,

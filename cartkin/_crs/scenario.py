@@ -7,7 +7,7 @@ Sections (see ``fits/crs_hardiansyah.toml`` for a complete, commented example)::
     [population]     typical, omega (variances, natural scale), uncertainty (SE of typical
                      values, natural scale), burden (parameter), weight = {median, cv}
     [exposure]       window, step, fine_step, fine_until (days), outputs = {il6, cart, tumour},
-                     solver = {name (tsit5, ..., or batched), rtol, atol},
+                     solver = {name (tsit5, ..., or batched), rtol, atol, interpolate},
                      block (solves per simulation call), chunk_size (see cartkin.simulate)
     [link]           metrics, prior = {metric = {mean, sd}}
     [calibration]    table, gradings, patients, point_patients, [[calibration.cohorts]]
@@ -100,7 +100,7 @@ def _float_map(path, section, table):
 def _solver(path, table):
     import diffrax as dfx
 
-    _only(path, "exposure.solver", table, {"name", "rtol", "atol", "max_steps"})
+    _only(path, "exposure.solver", table, {"name", "rtol", "atol", "max_steps", "interpolate"})
     solvers = {
         "tsit5": dfx.Tsit5,
         "dopri5": dfx.Dopri5,
@@ -108,7 +108,7 @@ def _solver(path, table):
         "bosh3": dfx.Bosh3,
     }
     name = str(table.get("name", "tsit5")).lower()
-    tol = {k: table[k] for k in ("rtol", "atol", "max_steps") if k in table}
+    tol = {k: table[k] for k in ("rtol", "atol", "max_steps", "interpolate") if k in table}
     if name in ("batched", "auto"):  # cartkin.simulate's own choice / batched Rosenbrock solver
         return None, {"method": name, **tol}
     if name not in solvers:
