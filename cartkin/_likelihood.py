@@ -293,6 +293,57 @@ def make_predictor(stat: StatModel, settings: SolverSettings = SolverSettings())
     return predict_one
 
 
+def make_draws_predictor(stat: StatModel, settings: SolverSettings = SolverSettings()):
+    """``predict_draws(phi (M, d), data_i) -> (f (M, T), ok (M,))``: M parameter vectors of one
+    subject (forward only: SAEM's kernels, importance sampling).
+
+    ODE models without an explicit ``settings.solver`` are solved by the batched Rosenbrock
+    solver of :mod:`cartkin._batched` with the M draws innermost (4-5x fewer seconds per solve
+    than a vmapped diffrax solve of the Stein ODE form); closed-form models and explicit diffrax
+    solvers vmap :func:`make_predictor`. Map it over subjects with :func:`map_subjects`.
+    """
+    from ._models.base import ClosedFormModel
+
+    model = stat.model
+    if isinstance(model, ClosedFormModel) or settings.solver is not None:
+        return jax.vmap(make_predictor(stat, settings), in_axes=(0, None))
+
+    from ._batched import solve_batch
+    from ._solve import Status
+
+    outputs = [e.output for e in stat.endpoints]
+
+    def predict_draws(phi, data_i):
+        M = phi.shape[0]
+        theta = jax.vmap(stat.theta_from_phi)(phi)
+        ev_time, ev_dose, ev_eff = data_i["ev_time"], data_i["ev_dose"], data_i["ev_log_effect"]
+        _, out, status = solve_batch(
+            model, theta, data_i["time"], jnp.broadcast_to(ev_time, (M,) + ev_time.shape),
+            jnp.broadcast_to(ev_dose, (M,) + ev_dose.shape),
+            jnp.broadcast_to(ev_eff, (M,) + ev_eff.shape),
+            rtol=settings.rtol, atol=settings.atol, max_steps=settings.max_steps,
+        )
+        F = jnp.stack([out[o] for o in outputs], axis=1)  # (M, n_endpoints, T)
+        T = F.shape[2]
+        return F[:, data_i["endpoint"], jnp.arange(T)], status == Status.OK
+
+    # an adaptive loop runs until its slowest lane is done: group subjects so that one loop
+    # carries about this many lanes (measured on the Stein ODE form: 1,000 lanes per loop
+    # 2.4x faster per solve than all 50,000 draws of a chunk in one loop)
+    predict_draws.lanes = 1000
+    return predict_draws
+
+
+def map_subjects(predict_draws, phi, data):
+    """``predict_draws`` over subjects: phi (N, M, d), data with leading axis N -> (f (N, M, T),
+    ok (N, M))."""
+    lanes = getattr(predict_draws, "lanes", None)
+    if lanes is None:
+        return jax.vmap(predict_draws)(phi, data)
+    return jax.lax.map(lambda x: predict_draws(*x), (phi, data),
+                       batch_size=max(1, min(phi.shape[0], lanes // phi.shape[1])))
+
+
 def data_arrays(data: FitData) -> dict[str, jnp.ndarray]:
     """The per-subject arrays that ``predict_one`` and ``subject_loglik`` read (leading axis N)."""
     return {

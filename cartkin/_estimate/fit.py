@@ -16,7 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from .._likelihood import FitData, SolverSettings, StatModel, data_arrays, kind_codes, make_predictor
+from .._likelihood import (
+    FitData, SolverSettings, StatModel, data_arrays, kind_codes, make_draws_predictor, make_predictor,
+)
 from .._population import from_unconstrained
 from .._progress import progress_bar
 from .importance import ISOptions, make_importance_sampler
@@ -92,6 +94,7 @@ def fit(
     d = len(stat.iiv)
     arrays = data_arrays(data)
     predict_one = make_predictor(stat, settings)
+    predict_draws = make_draws_predictor(stat, settings)
     codes = kind_codes(stat.endpoints)
     om = np.array([omega_init.get(k, 0.25) if isinstance(omega_init, Mapping) else omega_init for k in stat.iiv])
     add, prop = sigma_layout(stat.endpoints)
@@ -102,7 +105,7 @@ def fit(
     for e, p in zip(stat.endpoints, prop):
         if p:
             sig0.append(sigma_init.get(e.output + "_prop", 0.2) if isinstance(sigma_init, Mapping) else 0.2)
-    init_fn, run_block, _ = make_saem(stat, predict_one, arrays, X, codes=codes, options=saem)
+    init_fn, run_block, _ = make_saem(stat, predict_draws, arrays, X, codes=codes, options=saem)
     state = init_fn(_initial_beta(stat, init, X), np.diag(om), np.log(np.asarray(sig0, float)))
     bad = ~np.asarray(state["ok"])
     if bad.any():
@@ -127,7 +130,7 @@ def fit(
     pc = np.asarray(state["post_s"]) - pm[:, :, None] * pm[:, None, :]
     t1 = time.perf_counter()
     # information, score and EBEs at SAEM's estimate (first pass only)
-    sample = make_importance_sampler(stat, predict_one, arrays, X, codes, importance)
+    sample = make_importance_sampler(stat, predict_draws, arrays, X, codes, importance)
     res = sample(params, pm, pc, progress, m2ll=False)
     cov, cond, decrement = _newton(res)
     history = [{"step": 0, "decrement": decrement}]
@@ -148,7 +151,7 @@ def fit(
             break
         res, params, cov, cond, decrement = res_new, new, cov_new, cond_new, dec_new
     # the final evaluation: -2LL to the requested Monte Carlo SE, information, EBEs
-    res = sample(params, res["ebe"], res["ebe_cov"], progress)
+    res = sample(params, res["ebe"], res["ebe_cov"], progress, first_pass=res)
     cov, cond, decrement = _newton(res)
     history.append({"step": "final", "m2ll": res["m2ll"], "m2ll_se": res["m2ll_se"],
                     "decrement": decrement})

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._likelihood import eta_logprior, residual_loglik
+from .._likelihood import eta_logprior, map_subjects, residual_loglik
 from .._progress import progress_bar
 from .saem import _sigma_full, sigma_layout
 
@@ -83,7 +83,7 @@ def _mvt_logpdf(x, m, chol, nu):
     )
 
 
-def make_importance_sampler(stat, predict_one, data, X, codes, options: ISOptions = ISOptions()):
+def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOptions = ISOptions()):
     """Build the sampler once (its programs compile once per fit); returns
     ``sample(params, post_mean, post_cov, progress=False, m2ll=True) -> dict`` (see
     :func:`importance_sample`)."""
@@ -139,9 +139,9 @@ def make_importance_sampler(stat, predict_one, data, X, codes, options: ISOption
             mu = jnp.einsum("njp,jp->nj", X, b)
             L_pop = jnp.linalg.cholesky(o)
             phi = draws(key, m_q, L_q, mu, L_pop)
+            f_all, ok_all = map_subjects(predict_draws, phi, data)
 
-            def per_subject(phi_i, m_i, Lq_i, mu_i, data_i, x_i):
-                f, ok = jax.vmap(lambda p: predict_one(p, data_i))(phi_i)
+            def per_subject(phi_i, f, ok, m_i, Lq_i, mu_i, data_i, x_i):
                 lprior = eta_logprior(phi_i - mu_i, L_pop)
                 lq = jnp.logaddexp(
                     jnp.log1p(-W_PRIOR) + _mvt_logpdf(phi_i, m_i, Lq_i, NU),
@@ -173,7 +173,7 @@ def make_importance_sampler(stat, predict_one, data, X, codes, options: ISOption
                     )
                 return out
 
-            return jax.vmap(per_subject)(phi, m_q, L_q, mu, data, X)
+            return jax.vmap(per_subject)(phi, f_all, ok_all, m_q, L_q, mu, data, X)
 
         return chunk
 
@@ -202,7 +202,10 @@ def make_importance_sampler(stat, predict_one, data, X, codes, options: ISOption
         var_log = np.maximum(acc["W2"] / m_total - mean_w**2, 0.0) / m_total / mean_w**2
         return 2 * np.sqrt(var_log.sum())
 
-    def sample(params, post_mean, post_cov, progress: bool = False, m2ll: bool = True):
+    def sample(params, post_mean, post_cov, progress: bool = False, m2ll: bool = True,
+               first_pass=None):
+        """``first_pass``: the result of an earlier ``m2ll=False`` call at the same ``params``,
+        whose draws are reused for the information and the EBEs."""
         beta, omega, log_sigma = (jnp.asarray(params[k]) for k in ("beta", "omega", "log_sigma"))
         psi_hat = layout.pack(beta, omega, log_sigma)
         cov = INFLATE * (jnp.asarray(post_cov) + 1e-8 * jnp.eye(d))
@@ -212,10 +215,13 @@ def make_importance_sampler(stat, predict_one, data, X, codes, options: ISOption
         m_q = jnp.asarray(post_mean)
         key = jax.random.PRNGKey(options.seed)
         # pass 1: the information and the EBEs from a fixed number of draws
-        lacc = None
         n_louis = max(1, options.louis_draws // M)
-        for c in range(n_louis):
-            lacc = combine(lacc, chunk_louis(jax.random.fold_in(key, 10**6 + c), psi_hat, m_q, L_q))
+        if first_pass is not None:
+            lacc = first_pass["pass1"]
+        else:
+            lacc = None
+            for c in range(n_louis):
+                lacc = combine(lacc, chunk_louis(jax.random.fold_in(key, 10**6 + c), psi_hat, m_q, L_q))
         WL = lacc["W"]
         ebe = lacc["P"] / WL[:, None]
         epp = lacc["PP"] / WL[:, None, None]
@@ -262,12 +268,13 @@ def make_importance_sampler(stat, predict_one, data, X, codes, options: ISOption
             "ebe_cov": ebe_cov,
             "layout": layout,
             "psi": np.asarray(psi_hat),
+            "pass1": lacc,
         }
 
     return sample
 
 
-def importance_sample(stat, predict_one, data, X, params, post_mean, post_cov, codes,
+def importance_sample(stat, predict_draws, data, X, params, post_mean, post_cov, codes,
                       options: ISOptions = ISOptions(), progress: bool = False, m2ll: bool = True):
     """One importance-sampling evaluation at ``params`` (builds and compiles the sampler; a fit
     that evaluates several times builds it once with :func:`make_importance_sampler`).
@@ -275,5 +282,5 @@ def importance_sample(stat, predict_one, data, X, params, post_mean, post_cov, c
     With ``m2ll=False`` only the first pass runs (information, score, EBEs; -2LL from those
     draws only, less precise): what a polishing step needs.
     """
-    sample = make_importance_sampler(stat, predict_one, data, X, codes, options)
+    sample = make_importance_sampler(stat, predict_draws, data, X, codes, options)
     return sample(params, post_mean, post_cov, progress=progress, m2ll=m2ll)

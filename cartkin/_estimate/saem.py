@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._likelihood import eta_logprior, residual_loglik
+from .._likelihood import eta_logprior, map_subjects, residual_loglik
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +54,7 @@ def _sigma_full(log_free, add, prop):
     return sa, sp
 
 
-def make_saem(stat, predict_one, data, X, options: SAEMOptions, codes):
+def make_saem(stat, predict_draws, data, X, options: SAEMOptions, codes):
     """Build ``init(params0) -> state`` and ``run_block(state, ks) -> (state, trace)``."""
     N, d = data["time"].shape[0], len(stat.iiv)
     X = jnp.asarray(X)  # (N, d, P)
@@ -68,7 +68,8 @@ def make_saem(stat, predict_one, data, X, options: SAEMOptions, codes):
     codes = jnp.asarray(codes)
 
     def predict_all(phi):
-        return jax.vmap(predict_one)(phi, data)
+        f, ok = map_subjects(predict_draws, phi[:, None, :], data)
+        return f[:, 0], ok[:, 0]
 
     def resid_ll(f, ok, sa, sp):
         ll = jax.vmap(
