@@ -23,6 +23,15 @@ values above 1e-6.
 
 Run ``python benchmarks/simulate.py`` (one host device) and, as the CLI does,
 ``XLA_FLAGS=--xla_force_host_platform_device_count=2 python benchmarks/simulate.py``.
+
+On a GPU (``--sizes`` up to 10^7; the scipy loop still runs on the host CPU)::
+
+    python benchmarks/simulate.py --workloads hardiansyah --variants default \
+        --sizes 10000 100000 1000000 10000000 --scipy-n 100 --repeats 1
+
+After each workload's table the script prints the targets of issue 2 (Hardiansyah at N = 10,000:
+>= 100x the scipy loop on a 2-core CPU, stretch 300x; on a GPU >= 10^7 patients per second) with
+the measured value and MET / NOT MET.
 """
 
 from __future__ import annotations
@@ -253,7 +262,7 @@ def run_workload(name, ns, names, scipy_n, ref_n, repeats):
 
             def call(th=th, kw=kw):
                 return cartkin.simulate(model, th, TIMES, wl["regimen"], rtol=RTOL, atol=ATOL,
-                                        progress=False, **kw)
+                                        progress=False, chunk_size=CHUNK, **kw)
 
             try:
                 res, t_first, _, ld = timed(call)
@@ -288,18 +297,53 @@ def machine():
     return model_name
 
 
+CHUNK = None
+
+
+def print_targets(name, rows):
+    """The issue-2 targets against the default variant's rows."""
+    sp = rows[0]
+    default = [r for r in rows[1:] if r["variant"] == "default" and r["ok"] > 0]
+    if not default:
+        return
+    gpu = jax.default_backend() != "cpu"
+    print()
+    if name == "hardiansyah" and not gpu:
+        at = [r for r in default if r["n"] == 10000]
+        if at:
+            r = at[0]
+            wall, cpu = r["rate"] / sp["rate"], r["cpu_rate"] / sp["cpu_rate"]
+            verdict = "MET" if wall >= 100 else "NOT MET"
+            stretch = "MET" if wall >= 300 else "NOT MET"
+            print(f"TARGET hardiansyah N=10,000 on CPU: {wall:.0f}x the scipy loop by wall clock "
+                  f"({cpu:.0f}x per CPU-second); >= 100x: {verdict}; stretch >= 300x: {stretch} "
+                  f"(load {r['load']:.2f})")
+    big = max(default, key=lambda r: r["n"])
+    line = (f"RATE {name} default at N={big['n']:,}: {big['rate']:,.0f} patients/s "
+            f"({big['rate'] / sp['rate']:.0f}x the scipy loop) on {jax.default_backend()}")
+    if gpu:
+        line += f"; target >= 1e7 patients/s: {'MET' if big['rate'] >= 1e7 else 'NOT MET'}"
+    print(line, flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, nargs="+", default=[100, 1000, 10000])
+    ap.add_argument("--n", "--sizes", dest="n", type=int, nargs="+", default=[100, 1000, 10000],
+                    help="population sizes (GPU: up to 10000000)")
+    ap.add_argument("--chunk-size", type=int, default=None,
+                    help="cartkin.simulate chunk_size (default: its own, 256 CPU / 65536 GPU)")
     ap.add_argument("--workloads", nargs="+", default=["hardiansyah", "stein"])
     ap.add_argument("--variants", nargs="+", default=list(variants()), choices=list(variants()))
     ap.add_argument("--scipy-n", type=int, default=300)
     ap.add_argument("--ref-n", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
+    global CHUNK
+    CHUNK = args.chunk_size
     devs = jax.devices()
     print(f"# {datetime.date.today()}  {machine()}, {os.cpu_count()} cores, "
-          f"{len(devs)} host device(s); XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+          f"{len(devs)} device(s) {[str(d) for d in devs]} (backend {jax.default_backend()}); "
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     dfx_version = getattr(dfx, "__version__", "?")
     print(f"# jax {jax.__version__}, diffrax {dfx_version}, "
           f"scipy {scipy.__version__}, numpy {np.__version__}, cartkin {cartkin.__version__}; "
@@ -317,6 +361,7 @@ def main():
                   f"{r['cpu_rate']:,.0f} | {r['cpu_rate'] / sp['cpu_rate']:.1f} | "
                   f"{r['compile']:.1f} | {r['err']:.1e} | {r['ok']:.3f} | {r['load']:.2f} |",
                   flush=True)
+        print_targets(name, rows)
 
 
 if __name__ == "__main__":

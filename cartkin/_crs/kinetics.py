@@ -182,7 +182,7 @@ class SolveSettings:
         grid = np.unique(np.round(np.r_[fine, coarse, self.window], 12))
         return grid[grid <= self.window + 1e-9]
 
-    def simulate(self, model, theta, regimens, weight):
+    def simulate(self, model, theta, regimens, weight, outputs=None):
         from .._simulate import simulate
 
         return simulate(
@@ -200,6 +200,7 @@ class SolveSettings:
             chunk_size=self.chunk_size,
             devices=self.devices,
             progress=False,
+            outputs=outputs,
         )
 
 
@@ -271,8 +272,9 @@ def simulate_block(kin, sampler, settings, regimens, roles, n, lo, hi, burden=No
     theta, weight, draw = sampler.block(n, lo, hi)
     if burden is not None:
         theta[kin.burden] = np.full_like(theta[kin.burden], burden)
-    res = settings.simulate(kin.model, theta, regimens, weight)
-    keep = {k: res.outputs[k] for k in {roles.il6, roles.cart, roles.tumour} - {None}}
+    names = sorted({roles.il6, roles.cart, roles.tumour} - {None})
+    res = settings.simulate(kin.model, theta, regimens, weight, outputs=names)
+    keep = {k: res.outputs[k] for k in names}
     return keep, res.ok, draw, theta, weight
 
 
