@@ -151,7 +151,9 @@ def fit(
             break
         res, params, cov, cond, decrement = res_new, new, cov_new, cond_new, dec_new
     # the final evaluation: -2LL to the requested Monte Carlo SE, information, EBEs
+    t_final = time.perf_counter()
     res = sample(params, res["ebe"], res["ebe_cov"], progress, first_pass=res)
+    timings["m2ll_step_s"] = time.perf_counter() - t_final
     cov, cond, decrement = _newton(res)
     history.append({"step": "final", "m2ll": res["m2ll"], "m2ll_se": res["m2ll_se"],
                     "decrement": decrement})
