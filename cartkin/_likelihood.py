@@ -328,9 +328,10 @@ def make_draws_predictor(stat: StatModel, settings: SolverSettings = SolverSetti
         return F[:, data_i["endpoint"], jnp.arange(T)], status == Status.OK
 
     # an adaptive loop runs until its slowest lane is done: group subjects so that one loop
-    # carries about this many lanes (measured on the Stein ODE form: 1,000 lanes per loop
-    # 2.4x faster per solve than all 50,000 draws of a chunk in one loop)
-    predict_draws.lanes = 1000
+    # carries about this many lanes (measured on the Stein ODE form on the CPU: 1,000 lanes per
+    # loop 2.4x faster per solve than all 50,000 draws of a chunk in one loop); a GPU needs
+    # wide loops to be busy
+    predict_draws.lanes = 1000 if jax.default_backend() == "cpu" else 1 << 17
     return predict_draws
 
 

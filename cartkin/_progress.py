@@ -7,10 +7,11 @@ import sys
 
 
 @contextlib.contextmanager
-def progress_bar(total: int, description: str, enabled: bool = True):
-    """Context manager yielding ``advance(n)``; a rich progress bar on stderr when enabled."""
+def progress_bar(total: int | None, description: str, enabled: bool = True):
+    """Context manager yielding ``advance(n, status=None)``; a rich progress bar on stderr when
+    enabled (``total=None``: no known end; ``status`` is shown after the description)."""
     if not enabled:
-        yield lambda n=1: None
+        yield lambda n=1, status=None: None
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
@@ -25,4 +26,10 @@ def progress_bar(total: int, description: str, enabled: bool = True):
         transient=False,
     ) as bar:
         task = bar.add_task(description, total=total)
-        yield lambda n=1: bar.advance(task, n)
+
+        def advance(n=1, status=None):
+            bar.advance(task, n)
+            if status is not None:
+                bar.update(task, description=f"{description}: {status}")
+
+        yield advance

@@ -121,8 +121,9 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
     grad_resid = jax.grad(resid)
     hess_resid = jax.hessian(resid)
 
-    def draws(key, m_q, L_q, mu, L_pop):
+    def draws(key, m_q, L_q, mu, L_pop, M):
         k1, k2, k3 = jax.random.split(key, 3)
+        N = m_q.shape[0]
         # t draws: normal / sqrt(chi2/nu)
         zt = jax.random.normal(k1, (N, M, d))
         g = jax.random.gamma(k2, NU / 2, (N, M)) * 2 / NU
@@ -132,13 +133,13 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         pick_prior = jax.random.uniform(jax.random.fold_in(key, 7), (N, M)) < W_PRIOR
         return jnp.where(pick_prior[..., None], from_p, from_t)
 
-    def make_chunk(louis):
+    def make_chunk(louis, M):
         @jax.jit
-        def chunk(key, psi, m_q, L_q):
+        def chunk(key, psi, m_q, L_q, data, X):
             b, o, ls = layout.unpack(psi)
             mu = jnp.einsum("njp,jp->nj", X, b)
             L_pop = jnp.linalg.cholesky(o)
-            phi = draws(key, m_q, L_q, mu, L_pop)
+            phi = draws(key, m_q, L_q, mu, L_pop, M)
             f_all, ok_all = map_subjects(predict_draws, phi, data)
 
             def per_subject(phi_i, f, ok, m_i, Lq_i, mu_i, data_i, x_i):
@@ -177,7 +178,10 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
 
         return chunk
 
-    chunk_louis, chunk_plain = make_chunk(True), make_chunk(False)
+    # the top-up chunk: n_top subjects, more draws each (fewer calls)
+    n_top = min(N, max(16, N // 16))
+    m_top = min(4 * M, M * N // n_top)
+    chunk_louis, chunk_plain, chunk_top = make_chunk(True, M), make_chunk(False, M), make_chunk(False, m_top)
 
     @jax.jit
     def expected_hessian(psi, m1, m2, HR):
@@ -197,10 +201,24 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         out["W2"] = acc["W2"] * sa**2 + new["W2"] * sn**2
         return out
 
-    def mc_se(acc, m_total):
-        mean_w = acc["W"] / m_total
-        var_log = np.maximum(acc["W2"] / m_total - mean_w**2, 0.0) / m_total / mean_w**2
-        return 2 * np.sqrt(var_log.sum())
+    def var_log(acc, m):
+        """Per subject: the variance of log(mean weight) (delta method) after m draws."""
+        mean_w = acc["W"] / m
+        return np.maximum(acc["W2"] / m - mean_w**2, 0.0) / m / mean_w**2
+
+    def mc_se(acc, m):
+        return 2 * np.sqrt(var_log(acc, m).sum())
+
+    def scatter(acc, new, idx):
+        """``new`` (a chunk of the subjects ``idx``) as a full-size chunk that leaves the others
+        unchanged under :func:`combine`."""
+        new = jax.tree.map(np.asarray, new)
+        full = {"lmax": acc["lmax"].copy(), "W": np.zeros(N), "W2": np.zeros(N),
+                "n_fail": np.zeros_like(acc["n_fail"])}
+        for k in full:
+            full[k][idx] = new[k]
+        return full
+
 
     def sample(params, post_mean, post_cov, progress: bool = False, m2ll: bool = True,
                first_pass=None):
@@ -221,7 +239,8 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         else:
             lacc = None
             for c in range(n_louis):
-                lacc = combine(lacc, chunk_louis(jax.random.fold_in(key, 10**6 + c), psi_hat, m_q, L_q))
+                lacc = combine(lacc, chunk_louis(jax.random.fold_in(key, 10**6 + c), psi_hat, m_q,
+                                                 L_q, data, X))
         WL = lacc["W"]
         ebe = lacc["P"] / WL[:, None]
         epp = lacc["PP"] / WL[:, None, None]
@@ -233,19 +252,39 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         m_q = jnp.asarray(np.where(good[:, :, 0], ebe, np.asarray(m_q)))
         L_q = jnp.linalg.cholesky(jnp.asarray(cov2))
         # pass 2: -2LL until its Monte Carlo SE reaches the target
+        # Every subject gets at least min_draws; then each round goes where it removes the most
+        # Monte Carlo variance per solve: all subjects, or only the n_top subjects that hold most
+        # of it (their chunk compiles once more, at its own size).
         if m2ll:
-            acc, m_total, c = None, 0, 0
-            with progress_bar(options.max_draws, "importance sampling (draws/subject)", progress) as adv:
+            acc, m_total, c = None, np.zeros(N), 0
+            m_q_np, L_q_np = np.asarray(m_q), np.asarray(L_q)
+            with progress_bar(None, "importance sampling (-2LL SE)", progress) as adv:
                 while True:
-                    acc = combine(acc, chunk_plain(jax.random.fold_in(key, c), psi_hat, m_q, L_q))
+                    kc = jax.random.fold_in(key, c)
                     c += 1
-                    m_total += M
-                    adv(M)
+                    v = var_log(acc, m_total) if acc is not None else None
+                    if v is not None:
+                        # variance removed per solve (plus a call's fixed cost, ~4,000 solves)
+                        gain_all = np.sum(v * M / (m_total + M) * (m_total + M <= options.max_draws))
+                        g_top = v * m_top / (m_total + m_top) * (m_total + m_top <= options.max_draws)
+                        top = np.argsort(-g_top)[:n_top]
+                        topup = g_top[top].sum() / (n_top * m_top + 4000) > gain_all / (N * M + 4000)
+                    if v is None or m_total.min() < options.min_draws or not topup:
+                        acc = combine(acc, chunk_plain(kc, psi_hat, m_q, L_q, data, X))
+                        m_total = m_total + M
+                    else:
+                        new = chunk_top(kc, psi_hat, jnp.asarray(m_q_np[top]),
+                                          jnp.asarray(L_q_np[top]),
+                                          jax.tree.map(lambda a: a[top], data), X[top])
+                        acc = combine(acc, scatter(acc, new, top))
+                        m_total[top] += m_top
                     se = mc_se(acc, m_total)
-                    if m_total >= options.min_draws and (se <= options.target_se or m_total >= options.max_draws):
+                    adv(0, f"{se:.2f}, {m_total.mean():.0f} draws/subject")
+                    if m_total.min() >= options.min_draws and (
+                            se <= options.target_se or not np.any(m_total + m_top <= options.max_draws)):
                         break
         else:
-            acc, m_total = lacc, n_louis * M
+            acc, m_total = lacc, np.full(N, n_louis * M)
             se = mc_se(acc, m_total)
         W = acc["W"]
         loglik_i = np.log(W / m_total) + acc["lmax"]
@@ -259,7 +298,8 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
             "m2ll_se": float(se),
             "loglik_i": loglik_i,
             "ess": W**2 / acc["W2"],
-            "draws": m_total,
+            "draws": int(round(m_total.mean())),
+            "draws_i": m_total,
             "failed_draws": acc["n_fail"],
             "info": info,
             "score": Eg.sum(0),
