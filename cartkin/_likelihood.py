@@ -317,15 +317,25 @@ def make_draws_predictor(stat: StatModel, settings: SolverSettings = SolverSetti
         M = phi.shape[0]
         theta = jax.vmap(stat.theta_from_phi)(phi)
         ev_time, ev_dose, ev_eff = data_i["ev_time"], data_i["ev_dose"], data_i["ev_log_effect"]
+        # the solver saves at strictly increasing times: a repeated time (two endpoints sampled
+        # together, padding) is read from its first occurrence, and its slot in the grid moves
+        # just past the last time
+        t = data_i["time"]
+        T = t.shape[0]
+        idx = jnp.arange(T)
+        dup = jnp.concatenate([jnp.zeros(1, bool), t[1:] <= t[:-1]])
+        first = jax.lax.cummax(jnp.where(dup, 0, idx))
+        grid = jnp.where(dup, t[-1] + 1e-3 * (1 + idx), t)
+        order = jnp.argsort(grid)
+        where = jnp.argsort(order)[first]
         _, out, status = solve_batch(
-            model, theta, data_i["time"], jnp.broadcast_to(ev_time, (M,) + ev_time.shape),
+            model, theta, grid[order], jnp.broadcast_to(ev_time, (M,) + ev_time.shape),
             jnp.broadcast_to(ev_dose, (M,) + ev_dose.shape),
             jnp.broadcast_to(ev_eff, (M,) + ev_eff.shape),
             rtol=settings.rtol, atol=settings.atol, max_steps=settings.max_steps,
         )
-        F = jnp.stack([out[o] for o in outputs], axis=1)  # (M, n_endpoints, T)
-        T = F.shape[2]
-        return F[:, data_i["endpoint"], jnp.arange(T)], status == Status.OK
+        F = jnp.stack([out[o] for o in outputs], axis=1)[:, :, where]  # (M, n_endpoints, T)
+        return F[:, data_i["endpoint"], idx], status == Status.OK
 
     # an adaptive loop runs until its slowest lane is done: group subjects so that one loop
     # carries about this many lanes (measured on the Stein ODE form on the CPU: 1,000 lanes per

@@ -87,6 +87,18 @@ def _posterior_params(idata, stat, X, R, seed):
     return {"beta": beta, "omega": omega, "log_sigma": np.log(sig)}
 
 
+def _crs_section(folder: Path) -> str:
+    """The ``<section>`` of a ``cartkin crs-risk`` folder's self-contained crs_risk.html."""
+    page = folder / "crs_risk.html"
+    if not page.exists():
+        raise FileNotFoundError(f"{folder} is not a crs-risk output folder: crs_risk.html is missing")
+    text = page.read_text()
+    i, j = text.find("<section"), text.rfind("</section>")
+    if i < 0 or j < 0:
+        raise ValueError(f"{page}: no <section> to include (written by another cartkin version?)")
+    return text[i : j + len("</section>")]
+
+
 def make_report(
     run_dir,
     *,
@@ -96,6 +108,7 @@ def make_report(
     seed: int = 0,
     compare: list | None = None,
     n_individual: int = 20,
+    crs=None,
     config=None,
     data=None,
     dataset=None,
@@ -105,7 +118,8 @@ def make_report(
     ``config`` (a :class:`~cartkin._estimate.config.FitConfig`), ``data`` (its FitData) and
     ``dataset`` replace what the run record names: for fits of models outside the registry, or
     data not on disk. Without them the configuration saved in ``run.json`` is parsed again and its
-    dataset loaded.
+    dataset loaded. ``crs``: a ``cartkin crs-risk`` output folder whose section
+    (``crs_risk.html``) joins the report.
     """
     import warnings
 
@@ -401,6 +415,8 @@ def make_report(
     for name, cap in figs:
         p = (out / name) if (out / name).exists() else run_dir / name
         parts.append(_img(p, cap))
+    if crs is not None:
+        parts.append(_crs_section(Path(crs)))
     parts.append("<h2>Run record</h2><pre>" + html.escape(json.dumps(record, indent=2)) + "</pre>")
     parts.append(
         "<h2>Summary file</h2><pre>" + html.escape(json.dumps(summary, indent=2)) + "</pre>"

@@ -44,9 +44,19 @@ def ml_run(tmp_path_factory):
 def test_report_of_an_ml_run(ml_run, capsys):
     from cartkin.cli import main
 
-    assert main(["report", str(ml_run), "--replicates", "100", "--npde-replicates", "200"]) == 0
+    # a crs-risk folder joins the report (its section, figures embedded)
+    crs = ml_run.parent / "crs"
+    crs.mkdir()
+    (crs / "crs_risk.html").write_text(
+        "<html><body><section id=\"crs-risk\"><h2>CRS risk per dose</h2><table><tr><td>1e8</td>"
+        "<td>0.054</td></tr></table></section></body></html>"
+    )
+    assert main(["report", str(ml_run), "--replicates", "100", "--npde-replicates", "200",
+                 "--crs", str(crs)]) == 0
     assert "report:" in capsys.readouterr().out
     text = (ml_run / "report.html").read_text()
+    assert '<section id="crs-risk"><h2>CRS risk per dose</h2>' in text and "<td>0.054</td>" in text
+    assert text.count("<body>") == 1
     srcs = re.findall(r'src="([^"]*)"', text)
     assert len(srcs) >= 5 and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "<script" not in text and "href=" not in text

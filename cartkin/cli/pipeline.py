@@ -35,7 +35,10 @@ def _steps(out: Path, n: int) -> list[list[str]]:
     if crs.exists() and (here / "crs_risk.py").exists():
         steps.append(["crs-risk", str(crs), "--out", str(out / "crs_risk")])
     if (here / "report.py").exists():
-        steps.append(["report", str(out / "fit_stein2019")])
+        report = ["report", str(out / "fit_stein2019")]
+        if steps[-1][0] == "crs-risk":
+            report += ["--crs", str(out / "crs_risk")]
+        steps.append(report)
     return steps
 
 

@@ -28,6 +28,10 @@ def add_parser(sub) -> None:
         default=None,
         help="other Bayesian run folders fitted to the same data (az.compare by LOO)",
     )
+    p.add_argument(
+        "--crs", default=None, help="a `cartkin crs-risk` output folder to include (its table, "
+        "plots and assumptions)"
+    )
     p.set_defaults(run=run)
 
 
@@ -42,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         n_npde=args.npde_replicates,
         seed=args.seed,
         compare=args.compare,
+        crs=args.crs,
     )
     print(f"report: {path} ({time.perf_counter() - t0:.1f} s)")
     return 0
