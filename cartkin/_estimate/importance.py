@@ -263,11 +263,15 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
                     kc = jax.random.fold_in(key, c)
                     c += 1
                     v = var_log(acc, m_total) if acc is not None else None
-                    if v is not None:
-                        # variance removed per solve (plus a call's fixed cost, ~4,000 solves)
-                        gain_all = np.sum(v * M / (m_total + M) * (m_total + M <= options.max_draws))
+                    if v is not None and m_total.min() >= options.min_draws:
+                        # variance removed per solve (plus a call's fixed cost, ~4,000 solves);
+                        # no subject goes past max_draws
+                        full_ok = np.all(m_total + M <= options.max_draws)
+                        gain_all = np.sum(v * M / (m_total + M)) if full_ok else 0.0
                         g_top = v * m_top / (m_total + m_top) * (m_total + m_top <= options.max_draws)
                         top = np.argsort(-g_top)[:n_top]
+                        if gain_all <= 0 and g_top[top].sum() <= 0:
+                            break  # the draw budget of every subject that matters is spent
                         topup = g_top[top].sum() / (n_top * m_top + 4000) > gain_all / (N * M + 4000)
                     if v is None or m_total.min() < options.min_draws or not topup:
                         acc = combine(acc, chunk_plain(kc, psi_hat, m_q, L_q, data, X))
@@ -280,8 +284,7 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
                         m_total[top] += m_top
                     se = mc_se(acc, m_total)
                     adv(0, f"{se:.2f}, {m_total.mean():.0f} draws/subject")
-                    if m_total.min() >= options.min_draws and (
-                            se <= options.target_se or not np.any(m_total + m_top <= options.max_draws)):
+                    if m_total.min() >= options.min_draws and se <= options.target_se:
                         break
         else:
             acc, m_total = lacc, np.full(N, n_louis * M)
