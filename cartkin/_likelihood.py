@@ -265,8 +265,10 @@ class SolverSettings:
     max_steps: int = 4096
 
 
-def make_predictor(stat: StatModel, settings: SolverSettings = SolverSettings()):
-    """``predict_one(phi (d,), data_i) -> (f (T,), ok)``: predictions of one subject."""
+def make_predictor(stat: StatModel, settings: SolverSettings = SolverSettings(), *,
+                   status: bool = False):
+    """``predict_one(phi (d,), data_i) -> (f (T,), ok)``: predictions of one subject (with
+    ``status=True`` the solver's :class:`~cartkin._solve.Status` code instead of ``ok``)."""
     import diffrax as dfx
 
     from ._models.base import ClosedFormModel
@@ -277,25 +279,27 @@ def make_predictor(stat: StatModel, settings: SolverSettings = SolverSettings())
     if solver is None and not isinstance(model, ClosedFormModel):
         solver = dfx.Kvaerno5() if getattr(model, "stiff", False) else dfx.Tsit5()
     outputs = [e.output for e in stat.endpoints]
+    want_status = status
 
     def predict_one(phi, data_i):
         theta = stat.theta_from_phi(phi)
         controller = dfx.PIDController(rtol=settings.rtol, atol=settings.atol)
-        _, out, status = solve_patient(
+        _, out, code = solve_patient(
             model, theta, data_i["time"], data_i["ev_time"], data_i["ev_dose"],
             data_i["ev_log_effect"], solver=solver, controller=controller,
             max_steps=settings.max_steps,
         )
         F = jnp.stack([out[o] for o in outputs])  # (n_endpoints, T)
         f = F[data_i["endpoint"], jnp.arange(F.shape[1])]
-        return f, status == Status.OK
+        return f, (code if want_status else code == Status.OK)
 
     return predict_one
 
 
 def make_draws_predictor(stat: StatModel, settings: SolverSettings = SolverSettings()):
-    """``predict_draws(phi (M, d), data_i) -> (f (M, T), ok (M,))``: M parameter vectors of one
-    subject (forward only: SAEM's kernels, importance sampling).
+    """``predict_draws(phi (M, d), data_i) -> (f (M, T), status (M,))``: M parameter vectors of
+    one subject (forward only: SAEM's kernels, importance sampling); ``status`` holds the
+    solver's :class:`~cartkin._solve.Status` codes (0: solved).
 
     ODE models without an explicit ``settings.solver`` are solved by the batched Rosenbrock
     solver of :mod:`cartkin._batched` with the M draws innermost (4-5x fewer seconds per solve
@@ -306,7 +310,7 @@ def make_draws_predictor(stat: StatModel, settings: SolverSettings = SolverSetti
 
     model = stat.model
     if isinstance(model, ClosedFormModel) or settings.solver is not None:
-        return jax.vmap(make_predictor(stat, settings), in_axes=(0, None))
+        return jax.vmap(make_predictor(stat, settings, status=True), in_axes=(0, None))
 
     from ._batched import solve_batch
     from ._solve import Status
@@ -335,7 +339,7 @@ def make_draws_predictor(stat: StatModel, settings: SolverSettings = SolverSetti
             rtol=settings.rtol, atol=settings.atol, max_steps=settings.max_steps,
         )
         F = jnp.stack([out[o] for o in outputs], axis=1)[:, :, where]  # (M, n_endpoints, T)
-        return F[:, data_i["endpoint"], idx], status == Status.OK
+        return F[:, data_i["endpoint"], idx], status
 
     # an adaptive loop runs until its slowest lane is done: group subjects so that one loop
     # carries about this many lanes (measured on the Stein ODE form on the CPU: 1,000 lanes per
@@ -347,7 +351,7 @@ def make_draws_predictor(stat: StatModel, settings: SolverSettings = SolverSetti
 
 def map_subjects(predict_draws, phi, data):
     """``predict_draws`` over subjects: phi (N, M, d), data with leading axis N -> (f (N, M, T),
-    ok (N, M))."""
+    status (N, M))."""
     lanes = getattr(predict_draws, "lanes", None)
     if lanes is None:
         return jax.vmap(predict_draws)(phi, data)

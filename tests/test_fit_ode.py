@@ -70,10 +70,34 @@ def test_batched_predictions_at_repeated_times_equal_diffrax():
               "ev_dose": jnp.array([1e8]), "ev_log_effect": jnp.zeros((1, 7))}
     phi = jnp.stack([jnp.asarray(stat.phi_from_theta(INIT)),
                      jnp.asarray(stat.phi_from_theta({**INIT, "Tmax": 4.0, "beta": 0.01}))])
-    f, ok = make_draws_predictor(stat, SolverSettings(rtol=1e-9, atol=1e-12))(phi, data_i)
+    f, code = make_draws_predictor(stat, SolverSettings(rtol=1e-9, atol=1e-12))(phi, data_i)
     ref = make_predictor(stat, SolverSettings(rtol=1e-10, atol=1e-12))
-    assert bool(ok.all())
+    assert bool((code == 0).all())
     for m in range(2):
         r, r_ok = ref(phi[m], data_i)
         assert bool(r_ok)
         np.testing.assert_allclose(f[m], r, rtol=1e-6)
+
+
+def test_failed_solves_are_reported_per_subject_with_their_cause():
+    """A solve that runs out of steps comes back flagged (Status code), and the fit's failure
+    table names the subject, the count and the cause."""
+    import jax.numpy as jnp
+
+    from cartkin._estimate.fit import failure_table
+    from cartkin._likelihood import SolverSettings, make_draws_predictor
+
+    stat = StatModel(Stein2019ODE(), (Endpoint("C", 1, "log_additive"),), iiv=IIV,
+                     fixed={"Fexp": 1.0})
+    data_i = {"time": jnp.array([1.0, 30.0, 365.0]), "endpoint": jnp.zeros(3, int),
+              "ev_time": jnp.array([0.0]), "ev_dose": jnp.array([1e8]),
+              "ev_log_effect": jnp.zeros((1, 7))}
+    phi = jnp.asarray(stat.phi_from_theta(INIT))[None]
+    _, code = make_draws_predictor(stat, SolverSettings(max_steps=2))(phi, data_i)
+    assert int(code[0]) == 1  # Status.MAX_STEPS
+    _, code = make_draws_predictor(stat)(phi, data_i)
+    assert int(code[0]) == 0
+    tab = failure_table(np.array([101, 102, 103]), np.array([[0, 0, 0], [5, 1, 0], [0, 0, 2]]),
+                        np.array([500, 500, 1000]))
+    assert tab["ID"].tolist() == [102, 103] and tab["failed_draws"].tolist() == [6, 2]
+    assert "max_steps" in tab["cause"].iloc[0] and "step size collapsed" in tab["cause"].iloc[1]

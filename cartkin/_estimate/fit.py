@@ -196,8 +196,7 @@ def fit(
         "m2ll_draws_per_subject": res["draws"],
         "min_subject_ess": float(res["ess"].min()),
     }
-    failed = np.asarray(res["failed_draws"])
-    fails = pd.DataFrame({"ID": data.ids[failed > 0], "failed_draws": failed[failed > 0]})
+    fails = failure_table(data.ids, np.asarray(res["failed_draws"]), np.asarray(res["draws_i"]))
     ebe = ebe_frame(stat, data, res, X, params)
     t2 = time.perf_counter()
     tab = sdtab(stat, predict_one, arrays, data, X, params, res["ebe"])
@@ -216,6 +215,21 @@ def fit(
         estimates={"beta": params["beta"], "omega": params["omega"], "log_sigma": params["log_sigma"]},
         timings=timings, failures=fails,
     )
+
+
+def failure_table(ids, failed, draws) -> pd.DataFrame:
+    """Subjects with failed solves among their importance-sampling draws: ID, how many and the
+    most frequent cause. ``failed``: (N, 3) counts per Status code 1-3."""
+    from .._solve import Status
+
+    total = failed.sum(1)
+    bad = np.flatnonzero(total > 0)
+    return pd.DataFrame({
+        "ID": ids[bad],
+        "failed_draws": total[bad],
+        "draws": np.broadcast_to(draws, total.shape)[bad],
+        "cause": [Status(int(np.argmax(failed[i])) + 1).reason for i in bad],
+    })
 
 
 def _newton(res):

@@ -140,9 +140,10 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
             mu = jnp.einsum("njp,jp->nj", X, b)
             L_pop = jnp.linalg.cholesky(o)
             phi = draws(key, m_q, L_q, mu, L_pop, M)
-            f_all, ok_all = map_subjects(predict_draws, phi, data)
+            f_all, code_all = map_subjects(predict_draws, phi, data)
 
-            def per_subject(phi_i, f, ok, m_i, Lq_i, mu_i, data_i, x_i):
+            def per_subject(phi_i, f, code, m_i, Lq_i, mu_i, data_i, x_i):
+                ok = code == 0
                 lprior = eta_logprior(phi_i - mu_i, L_pop)
                 lq = jnp.logaddexp(
                     jnp.log1p(-W_PRIOR) + _mvt_logpdf(phi_i, m_i, Lq_i, NU),
@@ -155,7 +156,9 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
                 lmax = jnp.max(lw)
                 lmax = jnp.where(jnp.isfinite(lmax), lmax, 0.0)
                 w = jnp.exp(lw - lmax)
-                out = {"lmax": lmax, "W": w.sum(), "W2": jnp.sum(w**2), "n_fail": jnp.sum(~ok)}
+                # failed solves per cause (Status codes 1, 2, 3)
+                n_fail = jnp.stack([jnp.sum(code == c) for c in (1, 2, 3)])
+                out = {"lmax": lmax, "W": w.sum(), "W2": jnp.sum(w**2), "n_fail": n_fail}
                 if louis:
                     zeros = (jnp.zeros(d), jnp.zeros((d, d)))
                     a0 = grad_prior(psi, *zeros, x_i)
@@ -174,7 +177,7 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
                     )
                 return out
 
-            return jax.vmap(per_subject)(phi, f_all, ok_all, m_q, L_q, mu, data, X)
+            return jax.vmap(per_subject)(phi, f_all, code_all, m_q, L_q, mu, data, X)
 
         return chunk
 

@@ -28,6 +28,7 @@ def write_fit(result, folder: Path, record: dict) -> None:
     result.ebe.to_csv(folder / "ebe.csv", index=False)
     result.sdtab.to_csv(folder / "sdtab.csv", index=False)
     result.trace.to_csv(folder / "saem_trace.csv", index=False)
+    result.failures.to_csv(folder / "failures.csv", index=False)
     names = _psi_names(result)
     pd.DataFrame(result.covariance, index=names, columns=names).to_csv(folder / "covariance.csv")
     pd.DataFrame(result.correlation, index=names, columns=names).to_csv(folder / "correlation.csv")

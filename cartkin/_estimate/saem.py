@@ -68,8 +68,8 @@ def make_saem(stat, predict_draws, data, X, options: SAEMOptions, codes):
     codes = jnp.asarray(codes)
 
     def predict_all(phi):
-        f, ok = map_subjects(predict_draws, phi[:, None, :], data)
-        return f[:, 0], ok[:, 0]
+        f, code = map_subjects(predict_draws, phi[:, None, :], data)
+        return f[:, 0], code[:, 0] == 0
 
     def resid_ll(f, ok, sa, sp):
         ll = jax.vmap(

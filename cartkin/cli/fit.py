@@ -30,6 +30,12 @@ def run(args: argparse.Namespace) -> int:
     print(tv[["kind", "parameter", "estimate", "se", "rse_pct", "ci_low", "ci_high"]].to_string(
         index=False, float_format=lambda x: f"{x:.4g}"))
     conv = result.convergence
+    fails = result.failures
+    if len(fails):
+        print(f"{len(fails)} subject(s) had failed solves among their importance-sampling draws "
+              "(excluded from the weights; failures.csv):")
+        for r in fails.head(10).itertuples():
+            print(f"  ID {r.ID}: {r.failed_draws} of {r.draws} draws: {r.cause}")
     print(f"-2LL {result.m2ll:.2f} (MC SE {result.m2ll_se:.2f}), AIC {result.aic:.2f}, "
           f"BIC {result.bic:.2f}; Newton decrement {conv['newton_decrement']:.3f} "
           f"({'converged' if conv['converged'] else 'NOT converged'}); "
