@@ -28,7 +28,8 @@ def run_fit(config: str | Path, out: str | Path | None = None, *, progress: bool
     ds, data = load_fit_data(cfg)
     t0 = time.perf_counter()
     result = fit(cfg.stat, data, init=cfg.init, omega_init=cfg.omega_init, sigma_init=cfg.sigma_init,
-                 saem=cfg.saem, importance=cfg.importance, settings=cfg.settings, progress=progress)
+                 saem=cfg.saem, importance=cfg.importance, settings=cfg.settings,
+                 starts=cfg.starts, progress=progress)
     wall = time.perf_counter() - t0
     if out is not None:
         record = {

@@ -99,6 +99,8 @@ def _cli(*args, cwd=None):
          "FB = 1.5 is outside its domain"),
         ("[data]\nname='stein2019_sim200'\n[model]\nname='stein2019'\n[parameters]\nestimate={Cmax=1.0}\n[typo]\n",
          "unknown key\\(s\\) \\['typo'\\]"),
+        ("[data]\nname='stein2019_sim200'\n[model]\nname='stein2019'\n[[endpoints]]\noutput='C'\n[parameters]\nestimate={Cmax=1.0}\n[method]\nstarts=0\n",
+         "starts must be a whole number >= 1"),
     ],
 )
 def test_config_errors_name_file_and_key(tmp_path, text, match):

@@ -30,6 +30,7 @@ Example (``fits/stein2019.toml``)::
 
     [method]                                  # all optional
     seed = 1
+    starts = 1                                # SAEM from several starting points (best kept)
     saem = { k1 = 200, k2 = 100 }
     importance = { target_se = 0.5 }
     solver = { name = "rodas5", rtol = 1e-6, atol = 1e-9 }   # rodas5 | tsit5 | dopri5 | dopri8 | kvaerno5
@@ -69,6 +70,7 @@ class FitConfig:
     importance: ISOptions
     settings: SolverSettings
     raw: Mapping
+    starts: int = 1
 
 
 def _err(path, msg):
@@ -168,8 +170,11 @@ def config_from_dict(raw: Mapping, path: str | Path) -> FitConfig:
     except ValueError as e:
         raise _err(path, str(e)) from None
     meth = raw.get("method", {})
-    _only(path, "method", meth, {"seed", "saem", "importance", "solver"})
+    _only(path, "method", meth, {"seed", "saem", "importance", "solver", "starts"})
     seed = int(meth.get("seed", 1))
+    starts = meth.get("starts", 1)
+    if not isinstance(starts, int) or isinstance(starts, bool) or starts < 1:
+        raise _err(path, f"[method] starts must be a whole number >= 1, not {starts!r}")
     try:
         saem = SAEMOptions(**{"seed": seed, **meth.get("saem", {})})
         imp = ISOptions(**{"seed": seed + 1, **meth.get("importance", {})})
@@ -193,7 +198,7 @@ def config_from_dict(raw: Mapping, path: str | Path) -> FitConfig:
     return FitConfig(
         source=str(path), title=str(raw.get("title", path.stem)), data_name=data.get("name"),
         data_path=data_path, stat=stat, init=est, omega_init=omega, sigma_init=sig,
-        saem=saem, importance=imp, settings=settings, raw=raw,
+        saem=saem, importance=imp, settings=settings, raw=raw, starts=starts,
     )
 
 

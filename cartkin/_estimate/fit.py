@@ -78,6 +78,7 @@ def fit(
     importance: ISOptions = ISOptions(),
     settings: SolverSettings = SolverSettings(),
     polish: int = 2,
+    starts: int = 1,
     progress: bool = True,
 ) -> FitResult:
     """Fit ``stat`` to ``data`` by SAEM; -2LL, SEs and EBEs by importance sampling.
@@ -86,6 +87,10 @@ def fit(
         init: initial typical values (natural units) of the parameters with IIV.
         omega_init: initial IIV variance(s) on the natural scale (one value or per parameter).
         sigma_init: initial residual SD(s), one value or per ``"<output>"`` / ``"<output>_prop"``.
+        starts: SAEM runs from this many starting points (the first at ``init``, the others at
+            typical values drawn log-normally around it, SD 0.5, each with its own chain seed);
+            the fit goes on from the one with the lowest -2LL of a first importance-sampling
+            pass, and reports them all.
     """
     init = dict(init or {})
     timings = {}
@@ -106,32 +111,48 @@ def fit(
         if p:
             sig0.append(sigma_init.get(e.output + "_prop", 0.2) if isinstance(sigma_init, Mapping) else 0.2)
     init_fn, run_block, _ = make_saem(stat, predict_draws, arrays, X, codes=codes, options=saem)
-    state = init_fn(_initial_beta(stat, init, X), np.diag(om), np.log(np.asarray(sig0, float)))
-    bad = ~np.asarray(state["ok"])
-    if bad.any():
-        ids = data.ids[bad][:10].tolist()
-        raise ValueError(
-            f"the model cannot be solved at the initial values for subject(s) {ids}: "
-            "check the initial values and the data"
-        )
-    n_iter = saem.k1 + saem.k2
-    traces = []
-    with progress_bar(n_iter, "SAEM iterations", progress) as adv:
-        k = 0
-        while k < n_iter:
-            state, tr = run_block(state, jnp.arange(k, k + saem.block))
-            traces.append(jax.tree.map(np.asarray, tr))
-            k += saem.block
-            adv(saem.block)
-    jax.block_until_ready(state)
-    timings["saem_s"] = time.perf_counter() - t_start
-    params = jax.tree.map(np.asarray, state["params"])
-    pm = np.asarray(state["post_m"])
-    pc = np.asarray(state["post_s"]) - pm[:, :, None] * pm[:, None, :]
-    t1 = time.perf_counter()
-    # information, score and EBEs at SAEM's estimate (first pass only)
     sample = make_importance_sampler(stat, predict_draws, arrays, X, codes, importance)
-    res = sample(params, pm, pc, progress, m2ll=False)
+    n_iter = saem.k1 + saem.k2
+    runs = []
+    t_is = 0.0
+    for s_idx in range(starts):
+        beta0 = _initial_beta(stat, init, X)
+        if s_idx > 0:
+            beta0[:, 0] += np.random.default_rng(saem.seed + s_idx).normal(0.0, 0.5, d)
+        state = init_fn(beta0, np.diag(om), np.log(np.asarray(sig0, float)))
+        state["key"] = jax.random.fold_in(state["key"], s_idx)
+        bad = ~np.asarray(state["ok"])
+        if bad.any():
+            ids = data.ids[bad][:10].tolist()
+            where = "the initial values" if s_idx == 0 else f"start {s_idx + 1}'s initial values"
+            raise ValueError(
+                f"the model cannot be solved at {where} for subject(s) {ids}: "
+                "check the initial values and the data"
+            )
+        traces = []
+        label = "SAEM iterations" + (f" (start {s_idx + 1}/{starts})" if starts > 1 else "")
+        with progress_bar(n_iter, label, progress) as adv:
+            k = 0
+            while k < n_iter:
+                state, tr = run_block(state, jnp.arange(k, k + saem.block))
+                traces.append(jax.tree.map(np.asarray, tr))
+                k += saem.block
+                adv(saem.block)
+        params = jax.tree.map(np.asarray, state["params"])
+        pm = np.asarray(state["post_m"])
+        pc = np.asarray(state["post_s"]) - pm[:, :, None] * pm[:, None, :]
+        # information, score and EBEs at SAEM's estimate (first pass only)
+        t0 = time.perf_counter()
+        res = sample(params, pm, pc, progress and starts == 1, m2ll=False)
+        t_is += time.perf_counter() - t0
+        runs.append({"start": s_idx + 1, "init": dict(zip(stat.iiv, beta0[:, 0].tolist())),
+                     "m2ll_first_pass": res["m2ll"], "params": params, "res": res,
+                     "traces": traces})
+    best = min(runs, key=lambda r: r["m2ll_first_pass"] if np.isfinite(r["m2ll_first_pass"])
+               else np.inf)
+    params, res, traces = best["params"], best["res"], best["traces"]
+    timings["saem_s"] = time.perf_counter() - t_start - t_is
+    t1 = time.perf_counter() - t_is
     cov, cond, decrement = _newton(res)
     history = [{"step": 0, "decrement": decrement}]
     # Newton polishing with the importance-sampled score and information: SAEM's estimate
@@ -194,6 +215,8 @@ def fit(
         "se_method": "Louis's formula on importance-sampling draws at the estimate "
                      "(observed information; no derivative through the model solver)",
         "m2ll_draws_per_subject": res["draws"],
+        "starts": [{"start": r["start"], "initial_phi": r["init"],
+                    "m2ll_first_pass": r["m2ll_first_pass"], "chosen": r is best} for r in runs],
         "min_subject_ess": float(res["ess"].min()),
     }
     fails = failure_table(data.ids, np.asarray(res["failed_draws"]), np.asarray(res["draws_i"]))
