@@ -283,8 +283,11 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
                         new = chunk_top(kc, psi_hat, jnp.asarray(m_q_np[top]),
                                           jnp.asarray(L_q_np[top]),
                                           jax.tree.map(lambda a: a[top], data), X[top])
-                        acc = combine(acc, scatter(acc, new, top))
-                        m_total[top] += m_top
+                        # a chunk has n_top rows; rows of subjects at their cap are dropped
+                        keep = g_top[top] > 0
+                        new = jax.tree.map(lambda a: np.asarray(a)[keep], new)
+                        acc = combine(acc, scatter(acc, new, top[keep]))
+                        m_total[top[keep]] += m_top
                     se = mc_se(acc, m_total)
                     adv(0, f"{se:.2f}, {m_total.mean():.0f} draws/subject")
                     if m_total.min() >= options.min_draws and se <= options.target_se:
