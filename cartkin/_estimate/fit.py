@@ -222,7 +222,7 @@ def fit(
     fails = failure_table(data.ids, np.asarray(res["failed_draws"]), np.asarray(res["draws_i"]))
     ebe = ebe_frame(stat, data, res, X, params)
     t2 = time.perf_counter()
-    tab = sdtab(stat, predict_one, arrays, data, X, params, res["ebe"])
+    tab = sdtab(stat, predict_one, arrays, data, X, params, res["ebe"], predict_draws=predict_draws)
     timings["sdtab_s"] = time.perf_counter() - t2
     timings["total_s"] = time.perf_counter() - t_start
     eta_hat = res["ebe"] - np.einsum("njp,jp->nj", X, params["beta"])
