@@ -181,8 +181,9 @@ def fit(
     timings["importance_s"] = time.perf_counter() - t1
 
     layout = res["layout"]
-    se = np.sqrt(np.where(np.diag(cov) > 0, np.diag(cov), np.nan))
-    sd = np.sqrt(np.outer(np.diag(cov), np.diag(cov)))
+    var = np.where(np.diag(cov) > 0, np.diag(cov), np.nan)  # NaN where the information is not
+    se = np.sqrt(var)  # positive definite (the fit then reports it; see _newton)
+    sd = np.sqrt(np.outer(var, var))
     corr = np.where(sd > 0, cov / np.where(sd > 0, sd, 1), np.nan)
     score = res["score"]
 

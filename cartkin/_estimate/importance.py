@@ -207,7 +207,7 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         return hp.at[layout.size - n_s:, layout.size - n_s:].add(HR.sum(0))
 
     def combine(acc, new):
-        new = jax.tree.map(np.asarray, new)
+        new = jax.tree.map(np.array, new)  # writable copies (a subject's sums may be reset)
         if acc is None:
             return new
         lmax = np.maximum(acc["lmax"], new["lmax"])
