@@ -318,10 +318,14 @@ def parameter_table(stat, params, layout, se, ebe, X, data, res) -> pd.DataFrame
             if a == b:
                 dom = stat.domains[a]
                 cv = np.sqrt(np.expm1(v)) * 100 if dom == "positive" else np.nan
+                # the CI of a variance on the log scale (delta method), back-transformed: in the
+                # recovery study (docs/recovery.md) it covered the poorly identified variances
+                # far better than the Wald interval (omega2(foldx) 88% vs 54%, all six 90% vs 83%)
+                f = np.exp(z * s / v) if v > 0 else np.nan
                 rows.append({"kind": "omega_diag", "parameter": f"omega2({stat.iiv[a]})", "unit": "",
-                             "estimate": v, "se": s, "rse_pct": 100 * s / v, "ci_low": v - z * s,
-                             "ci_high": v + z * s, "scale": "variance", "iiv_cv_pct": cv,
-                             "iiv_sd": np.sqrt(v)})
+                             "estimate": v, "se": s, "rse_pct": 100 * s / v, "ci_low": v / f,
+                             "ci_high": v * f, "scale": "variance (CI on log scale)",
+                             "iiv_cv_pct": cv, "iiv_sd": np.sqrt(v)})
             else:
                 r = v / np.sqrt(om[a, a] * om[b, b])
                 rows.append({"kind": "omega_offdiag", "parameter": f"omega({stat.iiv[a]},{stat.iiv[b]})",
