@@ -229,16 +229,21 @@ class StatModel:
         )
 
 
+def record_loglik(kind_codes, data_i, f, sigma_add, sigma_prop):
+    """:func:`residual_loglik` of one subject's records (T,), with the per-endpoint error kinds
+    and SDs (E,) picked by each record's endpoint."""
+    ep = data_i["endpoint"]
+    return residual_loglik(kind_codes[ep], data_i["dv"], f, data_i["cens"], data_i["limit"],
+                           sigma_add[ep], sigma_prop[ep], data_i["mask"])
+
+
 def subject_loglik(stat, predict_one, phi, data_i, sigma_add, sigma_prop, kind_codes):
     """log p(y_i | phi_i, sigma) of one subject (M3 included); -inf if the solve failed.
 
     ``predict_one(phi, data_i) -> (f (T,), ok)``.
     """
     f, ok = predict_one(phi, data_i)
-    ll = residual_loglik(
-        kind_codes[data_i["endpoint"]], data_i["dv"], f, data_i["cens"], data_i["limit"],
-        sigma_add[data_i["endpoint"]], sigma_prop[data_i["endpoint"]], data_i["mask"],
-    ).sum()
+    ll = record_loglik(kind_codes, data_i, f, sigma_add, sigma_prop).sum()
     return jnp.where(ok & jnp.isfinite(ll), ll, -jnp.inf)
 
 

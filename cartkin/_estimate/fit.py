@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .._likelihood import (
-    FitData, SolverSettings, StatModel, data_arrays, kind_codes, make_draws_predictor, make_predictor,
+    FitData, SolverSettings, StatModel, data_arrays, kind_codes, make_draws_predictor,
 )
 from .._population import from_unconstrained
 from .._progress import progress_bar
@@ -98,7 +98,6 @@ def fit(
     X = stat.design_matrix(data)
     d = len(stat.iiv)
     arrays = data_arrays(data)
-    predict_one = make_predictor(stat, settings)
     predict_draws = make_draws_predictor(stat, settings)
     codes = kind_codes(stat.endpoints)
     om = np.array([omega_init.get(k, 0.25) if isinstance(omega_init, Mapping) else omega_init for k in stat.iiv])
@@ -223,7 +222,7 @@ def fit(
     fails = failure_table(data.ids, np.asarray(res["failed_draws"]), np.asarray(res["draws_i"]))
     ebe = ebe_frame(stat, data, res, X, params)
     t2 = time.perf_counter()
-    tab = sdtab(stat, predict_one, arrays, data, X, params, res["ebe"], predict_draws=predict_draws)
+    tab = sdtab(stat, None, arrays, data, X, params, res["ebe"], predict_draws=predict_draws)
     timings["sdtab_s"] = time.perf_counter() - t2
     timings["total_s"] = time.perf_counter() - t_start
     eta_hat = res["ebe"] - np.einsum("njp,jp->nj", X, params["beta"])

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._likelihood import eta_logprior, map_subjects, residual_loglik
+from .._likelihood import eta_logprior, map_subjects, record_loglik
 from .._progress import progress_bar
 from .saem import _sigma_full, sigma_layout
 
@@ -112,10 +112,7 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
 
     def resid(ls, f, data_i):
         sa, sp = _sigma_full(ls, add, prop)
-        return residual_loglik(
-            codes[data_i["endpoint"]], data_i["dv"], f, data_i["cens"], data_i["limit"],
-            sa[data_i["endpoint"]], sp[data_i["endpoint"]], data_i["mask"],
-        ).sum()
+        return record_loglik(codes, data_i, f, sa, sp).sum()
 
     def prior_moments(psi, m1, m2, x_i):
         """E log N(phi; mu_i, Omega) for E phi = m1, E phi phi' = m2: linear in (m1, m2), so its

@@ -58,7 +58,7 @@ from .._likelihood import (
     eta_logprior,
     kind_codes,
     make_predictor,
-    residual_loglik,
+    record_loglik,
     subject_loglik,
 )
 from .._population import from_unconstrained, to_unconstrained
@@ -221,16 +221,7 @@ class PopulationModel:
 
         def one(p, di):
             f, ok = self.predict_one(p, di)
-            ll = residual_loglik(
-                self.codes[di["endpoint"]],
-                di["dv"],
-                f,
-                di["cens"],
-                di["limit"],
-                sa[di["endpoint"]],
-                sp[di["endpoint"]],
-                di["mask"],
-            )
+            ll = record_loglik(self.codes, di, f, sa, sp)
             return jnp.where(ok, ll, -jnp.inf), f
 
         return jax.vmap(one)(self.phi(site), self.arrays)
@@ -739,12 +730,7 @@ def subject_marginal_loglik(
         L = model.A(site)
 
         def subject(f_i, ok_i, draws_i, logq_i, mu_i, di):
-            ep = di["endpoint"]
-            ll = jax.vmap(
-                lambda ff: residual_loglik(
-                    codes[ep], di["dv"], ff, di["cens"], di["limit"], sa[ep], sp[ep], di["mask"]
-                ).sum()
-            )(f_i)
+            ll = jax.vmap(lambda ff: record_loglik(codes, di, ff, sa, sp).sum())(f_i)
             lw = ll + eta_logprior(draws_i - mu_i, L) - logq_i
             lw = jnp.where(ok_i & jnp.isfinite(lw), lw, -jnp.inf)
             return jax.scipy.special.logsumexp(lw) - jnp.log(lw.shape[0])

@@ -26,9 +26,10 @@ FD_STEP = 1e-3
 
 
 def sdtab(stat, predict_one, arrays, data, X, params, ebe, *, predict_draws=None) -> pd.DataFrame:
-    """The sdtab frame. ``predict_draws`` (see :func:`cartkin._likelihood.make_draws_predictor`),
-    when given, evaluates the 2 + 2d parameter vectors of a subject (EBE, typical, finite
-    differences) in one batched solve instead of ``predict_one`` each."""
+    """The sdtab frame. The 2 + 2d parameter vectors of a subject (EBE, typical, finite
+    differences) are predicted together by ``predict_draws`` (see
+    :func:`cartkin._likelihood.make_draws_predictor`: one batched solve for ODE models), or by
+    ``predict_one`` vmapped over them."""
     from .._likelihood import map_subjects
 
     codes = np.array([{"log_additive": 0, "additive": 1, "proportional": 2, "combined": 3}[e.error]
@@ -40,21 +41,14 @@ def sdtab(stat, predict_one, arrays, data, X, params, ebe, *, predict_draws=None
     omega = jnp.asarray(params["omega"])
 
     @jax.jit
-    def per_subject(phi_hat, mu_i, data_i, f_all=None):
+    def per_subject(phi_hat, mu_i, data_i, f_all):
         ep = data_i["endpoint"]
         is_log = jnp.asarray(codes)[ep] == 0
 
         def h(f):
             return jnp.where(is_log, jnp.log(jnp.maximum(f, 1e-300)), f)
 
-        if f_all is None:
-            steps = FD_STEP * jnp.eye(d)
-            ipred = predict_one(phi_hat, data_i)[0]
-            pred = predict_one(mu_i, data_i)[0]
-            fp = jax.vmap(lambda s: h(predict_one(phi_hat + s, data_i)[0]))(steps)
-            fm = jax.vmap(lambda s: h(predict_one(phi_hat - s, data_i)[0]))(steps)
-        else:
-            ipred, pred, fp, fm = f_all[0], f_all[1], h(f_all[2 : 2 + d]), h(f_all[2 + d :])
+        ipred, pred, fp, fm = f_all[0], f_all[1], h(f_all[2 : 2 + d]), h(f_all[2 + d :])
         J = ((fp - fm) / (2 * FD_STEP)).T  # (T, d)
         c = jnp.asarray(codes)[ep]
         s_add, s_prop = jnp.asarray(sa)[ep], jnp.asarray(sp)[ep]
@@ -77,15 +71,14 @@ def sdtab(stat, predict_one, arrays, data, X, params, ebe, *, predict_draws=None
         }
 
     if predict_draws is None:
-        out = jax.vmap(per_subject)(jnp.asarray(ebe), jnp.asarray(mu), arrays)
-    else:
-        # per subject: EBE, typical, EBE +/- FD steps, solved together
-        steps = FD_STEP * np.eye(d)
-        e = np.asarray(ebe)
-        phis = np.concatenate([e[:, None], np.asarray(mu)[:, None], e[:, None] + steps[None],
-                               e[:, None] - steps[None]], axis=1)
-        f_all, _ = jax.jit(lambda p, a: map_subjects(predict_draws, p, a))(jnp.asarray(phis), arrays)
-        out = jax.vmap(per_subject)(jnp.asarray(ebe), jnp.asarray(mu), arrays, f_all)
+        predict_draws = jax.vmap(predict_one, in_axes=(0, None))
+    # per subject: EBE, typical, EBE +/- FD steps, solved together
+    steps = FD_STEP * np.eye(d)
+    e = np.asarray(ebe)
+    phis = np.concatenate([e[:, None], np.asarray(mu)[:, None], e[:, None] + steps[None],
+                           e[:, None] - steps[None]], axis=1)
+    f_all, _ = jax.jit(lambda p, a: map_subjects(predict_draws, p, a))(jnp.asarray(phis), arrays)
+    out = jax.vmap(per_subject)(jnp.asarray(ebe), jnp.asarray(mu), arrays, f_all)
     out = {k: np.asarray(v) for k, v in out.items()}
     m = data.mask
     df = pd.DataFrame({

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._likelihood import eta_logprior, map_subjects, residual_loglik
+from .._likelihood import eta_logprior, map_subjects, record_loglik
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,12 +72,7 @@ def make_saem(stat, predict_draws, data, X, options: SAEMOptions, codes):
         return f[:, 0], code[:, 0] == 0
 
     def resid_ll(f, ok, sa, sp):
-        ll = jax.vmap(
-            lambda fi, di: residual_loglik(
-                codes[di["endpoint"]], di["dv"], fi, di["cens"], di["limit"],
-                sa[di["endpoint"]], sp[di["endpoint"]], di["mask"],
-            ).sum()
-        )(f, data)
+        ll = jax.vmap(lambda fi, di: record_loglik(codes, di, fi, sa, sp).sum())(f, data)
         return jnp.where(ok & jnp.isfinite(ll), ll, -jnp.inf)
 
     def mu_of(beta):
