@@ -4,12 +4,18 @@
 runs the N x D solves in chunks of a fixed size (padded, so that a new N does not recompile), each
 chunk split over the visible devices with ``jax.shard_map`` when there are several, and returns a
 :class:`SimResult` with arrays and a tidy pandas frame.
+
+Across processes (``jax.distributed.initialize``, ``jax.process_count() > 1``) the devices of
+every process form one mesh: each process holds the same full inputs, gives its own devices their
+slices (``jax.make_array_from_callback``) and gets the full result back
+(``multihost_utils.process_allgather``), so every process returns what one process would.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import zlib
 from collections.abc import Mapping, Sequence
 
 import diffrax as dfx
@@ -18,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+from jax.experimental import multihost_utils
 
 from ._models.base import ClosedFormModel, Model, ODEModel
 from . import _batched
@@ -196,6 +203,32 @@ def _build_sharded_solver(model, solver, max_steps, devices, interpolate=False):
     return jax.jit(fn), jax.sharding.NamedSharding(mesh, spec)
 
 
+def _global_array(x: np.ndarray, sharding) -> jax.Array:
+    """A global array laid out as ``sharding`` from ``x``, which every process holds in full:
+    each process fills only its own devices' slices (no cross-process traffic, no check)."""
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx], dtype=x.dtype)
+
+
+def _check_same_inputs(theta: Mapping, ev: Sequence, times, rtol, atol) -> None:
+    """Across processes every process must pass the same inputs (same seed, same regimen): a
+    checksum of them is compared across processes (one all-gather of an integer), so that a
+    mismatch fails here instead of returning a mixture of two populations or hanging."""
+    h = 0
+    for x in [*(theta[k] for k in sorted(theta)), *ev, times, rtol, atol]:
+        x = np.ascontiguousarray(np.asarray(x, float))
+        h = zlib.crc32(np.asarray(x.shape, np.int64).tobytes(), h)
+        h = zlib.crc32(x.tobytes(), h)
+    try:
+        multihost_utils.assert_equal(np.uint32(h))
+    except AssertionError:
+        raise ValueError(
+            f"simulate across {jax.process_count()} processes: the inputs (theta, regimen, "
+            "weight, times, tolerances) differ between processes; every process must pass the "
+            "same ones (e.g. sample the population with the same seed on every process)"
+        ) from None
+
+
 def _check_inputs(model: Model, theta: Mapping, times: np.ndarray) -> None:
     if not isinstance(model, Model):
         raise ValueError(f"model must be a cartkin model, got {type(model).__name__}")
@@ -245,7 +278,9 @@ def simulate(
             does not recompile).
         max_steps: per segment between events; a patient that reaches it is flagged, not fatal.
         chunk_size: patients per device per compiled call (default 256 on CPU, 65536 on GPU).
-        devices: devices to shard the patient axis over (default: all visible devices).
+        devices: devices to shard the patient axis over (default: all visible devices; under
+            ``jax.distributed``, those of every process: each process must then pass the same
+            inputs, and each returns the full result).
         progress: show a progress bar (default: when there is more than one chunk).
         method: ``"diffrax"`` (a vmapped diffrax solve), ``"batched"`` (cartkin's Rosenbrock
             solver written for a batch, patients innermost: :mod:`cartkin._batched`; the faster
@@ -325,17 +360,30 @@ def simulate(
     ev_p = (pad(ev.time), pad(ev.dose), pad(ev.log_effect))
     rtol_a, atol_a = jnp.asarray(rtol, float), jnp.asarray(atol, float)
     times_j = jnp.asarray(times)
+    # the devices span several processes (jax.distributed): global arrays in, gathered arrays out
+    multiproc = False
     if ndev > 1:
         fn, sharding = _sharded_solver(model, solver, max_steps, devices, interpolate)
+        multiproc = not sharding.is_fully_addressable
+    if multiproc:
+        _check_same_inputs(theta_p, ev_p, times, rtol, atol)
+        rep = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+        times_j = _global_array(times, rep)
+        rtol_a = _global_array(np.asarray(rtol, float), rep)
+        atol_a = _global_array(np.asarray(atol, float), rep)
     outs: list = []
     stats: list = []
-    show = progress if progress is not None else n_chunks > 1
+    show = progress if progress is not None else (n_chunks > 1 and jax.process_index() == 0)
     with progress_bar(total=m, description=f"simulating {model.name}", enabled=show) as advance:
         for c in range(n_chunks):
             sl = slice(c * size, (c + 1) * size)
             th = {k: v[sl] for k, v in theta_p.items()}
             evc = tuple(x[sl] for x in ev_p)
-            if ndev > 1:
+            if multiproc:
+                th = {k: _global_array(v, sharding) for k, v in th.items()}
+                evc = tuple(_global_array(x, sharding) for x in evc)
+                out, status = fn(th, *evc, times_j, rtol_a, atol_a)
+            elif ndev > 1:
                 th = jax.device_put(th, sharding)
                 evc = jax.device_put(evc, sharding)
                 out, status = fn(th, *evc, times_j, rtol_a, atol_a)
@@ -345,6 +393,9 @@ def simulate(
                 )
             if keep is not None:
                 out = {k: out[k] for k in keep}
+            if multiproc:
+                # every process gets every patient (an all-gather across the processes)
+                out, status = multihost_utils.process_allgather((out, status), tiled=True)
             outs.append(jax.tree.map(np.asarray, out))
             stats.append(np.asarray(status))
             advance(min(size, m - c * size))
