@@ -53,3 +53,21 @@ def test_gradient_matches_central_differences(model):
     # 1e-10 adds noise of about rtol / h ~ 1e-5 absolute on a log-likelihood of O(10)
     np.testing.assert_allclose(g, fd, rtol=1e-4, atol=1e-3)
     assert abs(g[1]) > 1.0  # Tmax really moves the likelihood
+
+
+def test_log_ndtr_matches_scipy_with_its_derivatives():
+    """The M3 log-CDF (one erfc, an asymptotic series below -20) against scipy's log_ndtr, and its
+    first and second derivatives (the Louis information uses both) against the exact
+    lambda = phi / Phi and -lambda (z + lambda), across and beyond the switch."""
+    from scipy import special
+
+    from cartkin._likelihood import log_ndtr
+
+    z = np.concatenate([np.linspace(-200.0, 40.0, 24001), [-20.0, -20.0 + 1e-9, -19.99]])
+    ref = special.log_ndtr(z)
+    np.testing.assert_allclose(np.asarray(log_ndtr(jnp.asarray(z))), ref, rtol=1e-12, atol=1e-11)
+    lam = np.exp(-0.5 * z**2 - 0.5 * np.log(2 * np.pi) - ref)
+    d1 = np.asarray(jax.vmap(jax.grad(log_ndtr))(jnp.asarray(z)))
+    np.testing.assert_allclose(d1, lam, rtol=1e-8, atol=1e-12)
+    d2 = np.asarray(jax.vmap(jax.grad(jax.grad(log_ndtr)))(jnp.asarray(z)))
+    np.testing.assert_allclose(d2, -lam * (z + lam), rtol=1e-6, atol=1e-10)

@@ -136,17 +136,18 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         k1, k2, k3 = jax.random.split(key, 3)
         mix_m, mix_L, mix_logw = mix
         N = mix_m.shape[0]
-        # the mixture component of each draw, then t draws: normal / sqrt(chi2/nu)
+        # the mixture component of each draw, then t draws: normal / sqrt(chi2_nu / nu), the
+        # chi-square as a sum of nu squared normals (nu = 4: 5x cheaper than a gamma draw)
         comp = jax.random.categorical(jax.random.fold_in(key, 11), mix_logw[:, None, :],
                                       shape=(N, M))
         m_sel = jax.vmap(lambda a, c: a[c])(mix_m, comp)  # (N, M, d)
         L_sel = jax.vmap(lambda a, c: a[c])(mix_L, comp)  # (N, M, d, d)
-        zt = jax.random.normal(k1, (N, M, d))
-        g = jax.random.gamma(k2, NU / 2, (N, M)) * 2 / NU
-        from_t = m_sel + jnp.einsum("nmij,nmj->nmi", L_sel, zt) / jnp.sqrt(g)[..., None]
-        zp = jax.random.normal(k3, (N, M, d))
-        from_p = mu[:, None] + zp @ L_pop.T
-        pick_prior = jax.random.uniform(jax.random.fold_in(key, 7), (N, M)) < W_PRIOR
+        z = jax.random.normal(k1, (N, M, d))
+        g = jnp.sum(jax.random.normal(k2, (N, M, int(NU))) ** 2, -1) / NU
+        from_t = m_sel + jnp.einsum("nmij,nmj->nmi", L_sel, z) / jnp.sqrt(g)[..., None]
+        # a draw from the defensive component uses the same normals
+        from_p = mu[:, None] + z @ L_pop.T
+        pick_prior = jax.random.uniform(k3, (N, M)) < W_PRIOR
         return jnp.where(pick_prior[..., None], from_p, from_t)
 
     def make_chunk(louis, M):
