@@ -87,6 +87,8 @@ def child(form: str, n: int, seed: int, cache: str) -> dict:
         "decrement": res.convergence["newton_decrement"], "typical": res.typical(),
         "omega_sd": res.omega_sd(), "backend": jax.default_backend(),
         "failed_subjects": int(len(res.failures)),
+        "passes": [{k: v for k, v in h.items() if k in ("step", "draws", "seconds", "decrement")}
+                   for h in res.convergence["polishing"]],
     }
 
 
@@ -104,7 +106,9 @@ def line(tag, r):
             f"{r['compile_s']:5.1f}) | SAEM {r['saem_s']:6.1f} | IS {r['importance_s']:6.1f} "
             f"(final -2LL pass {r['m2ll_step_s']:5.1f}, {r['draws']} draws) | sdtab "
             f"{r['sdtab_s']:4.1f} | -2LL {r['m2ll']:9.2f} (SE {r['m2ll_se']:.2f}, min ESS "
-            f"{r['min_ess']:.0f}) | decrement {r['decrement']:.3f} | load {os.getloadavg()[0]:.1f}")
+            f"{r['min_ess']:.0f}) | decrement {r['decrement']:.3f} | load {os.getloadavg()[0]:.1f}"
+            + "\n       IS passes: " + ", ".join(
+                f"{p['step']} {p.get('draws', 'new')} {p['seconds']:.1f} s" for p in r["passes"]))
 
 
 def main():

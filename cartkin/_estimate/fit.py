@@ -153,7 +153,7 @@ def fit(
     timings["saem_s"] = time.perf_counter() - t_start - t_is
     t1 = time.perf_counter() - t_is
     cov, cond, decrement = _newton(res)
-    history = [{"step": 0, "decrement": decrement}]
+    history = [{"step": 0, "decrement": decrement, "seconds": t_is}]
     # Newton polishing with the importance-sampled score and information: SAEM's estimate
     # carries Monte Carlo error; a step psi + I^-1 g removes most of what is left. A step is
     # kept when the Newton decrement (the log-likelihood still to gain) falls.
@@ -163,10 +163,19 @@ def fit(
         new = _polished_params(res, cov)
         if new is None:
             break
-        res_new = sample(new, res["ebe"], res["ebe_cov"], progress, m2ll=False)
+        # the step is small: the first pass's draws and solves, weighed at the new parameters,
+        # give its score and information; fresh draws only if that left a subject few effective
+        t_step = time.perf_counter()
+        res_new = sample(new, res["ebe"], res["ebe_cov"], progress, m2ll=False, reuse=res)
+        reused = res["drawn"] is not None
+        if reused and res_new["ess"].min() < 0.5 * res["ess"].min():
+            res_new = sample(new, res["ebe"], res["ebe_cov"], progress, m2ll=False)
+            reused = False
         cov_new, cond_new, dec_new = _newton(res_new)
         better = dec_new < decrement
-        history.append({"step": step, "decrement": dec_new, "accepted": bool(better)})
+        history.append({"step": step, "decrement": dec_new, "accepted": bool(better),
+                        "draws": "reweighted" if reused else "new",
+                        "seconds": time.perf_counter() - t_step})
         if not better:
             break
         res, params, cov, cond, decrement = res_new, new, cov_new, cond_new, dec_new
@@ -176,7 +185,7 @@ def fit(
     timings["m2ll_step_s"] = time.perf_counter() - t_final
     cov, cond, decrement = _newton(res)
     history.append({"step": "final", "m2ll": res["m2ll"], "m2ll_se": res["m2ll_se"],
-                    "decrement": decrement})
+                    "decrement": decrement, "seconds": timings["m2ll_step_s"]})
     timings["importance_s"] = time.perf_counter() - t1
 
     layout = res["layout"]

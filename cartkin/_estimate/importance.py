@@ -41,6 +41,9 @@ from .saem import _sigma_full, sigma_layout
 NU = 4.0
 W_PRIOR = 0.05
 INFLATE = 1.2
+# the first pass's draws, predictions and proposal densities are kept (for weighing again at a
+# polishing step's parameters) while they hold at most this many predicted values
+KEEP_VALUES = 30_000_000
 K_MIX = 3  # t components per subject: the first at the conditional mean, the others added
 # where a draw far from the existing ones took over a subject's weights (a second region)
 DOMINATED = 0.2  # a single draw holding this share of a subject's weight sum
@@ -103,6 +106,7 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
     :func:`importance_sample`)."""
     X = jnp.asarray(X)
     N, d = X.shape[0], X.shape[1]
+    T = data["time"].shape[1]
     colmask = np.any(np.asarray(X) != 0, axis=0)
     add, prop = sigma_layout(stat.endpoints)
     layout = PsiLayout(colmask, stat.omega_mask(), int(add.sum() + prop.sum()))
@@ -150,20 +154,35 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         pick_prior = jax.random.uniform(k3, (N, M)) < W_PRIOR
         return jnp.where(pick_prior[..., None], from_p, from_t)
 
-    def make_chunk(louis, M):
+    def make_draw(M):
         @jax.jit
-        def chunk(key, psi, mix, data, X):
-            b, o, ls = layout.unpack(psi)
+        def draw(key, psi, mix, data, X):
+            """M proposal draws per subject, their predictions and solver codes, and the
+            proposal's log density (the only part of a chunk that solves the model)."""
+            b, o, _ = layout.unpack(psi)
             mu = jnp.einsum("njp,jp->nj", X, b)
             L_pop = jnp.linalg.cholesky(o)
             phi = draws(key, mix, mu, L_pop, M)
-            f_all, code_all = map_subjects(predict_draws, phi, data)
+            f, code = map_subjects(predict_draws, phi, data)
+            lq = jax.vmap(lambda phi_i, mix_i, mu_i: jnp.logaddexp(
+                jnp.log1p(-W_PRIOR) + _mix_logpdf(phi_i, mix_i),
+                jnp.log(W_PRIOR) + eta_logprior(phi_i - mu_i, L_pop)))(phi, mix, mu)
+            return phi, f, code, lq
 
-            def per_subject(phi_i, f, code, mix_i, mu_i, data_i, x_i):
+        return draw
+
+    def make_weigh(louis):
+        @jax.jit
+        def weigh(psi, drawn, data, X):
+            """Per-subject weight sums (and the Louis terms) of drawn parameters at ``psi``: no
+            solve, so draws made at one estimate can be weighed again at a nearby one."""
+            b, o, ls = layout.unpack(psi)
+            mu = jnp.einsum("njp,jp->nj", X, b)
+            L_pop = jnp.linalg.cholesky(o)
+
+            def per_subject(phi_i, f, code, lq, mu_i, data_i, x_i):
                 ok = code == 0
                 lprior = eta_logprior(phi_i - mu_i, L_pop)
-                lq = jnp.logaddexp(jnp.log1p(-W_PRIOR) + _mix_logpdf(phi_i, mix_i),
-                                   jnp.log(W_PRIOR) + lprior)
                 lr = jax.vmap(lambda fi: resid(ls, fi, data_i))(f)
                 lc = lr + lprior
                 lw = jnp.where(ok & jnp.isfinite(lc), lc - lq, -jnp.inf)
@@ -193,14 +212,21 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
                     )
                 return out
 
-            return jax.vmap(per_subject)(phi, f_all, code_all, mix, mu, data, X)
+            return jax.vmap(per_subject)(*drawn, mu, data, X)
 
-        return chunk
+        return weigh
 
     # the top-up chunk: n_top subjects, more draws each (fewer calls)
     n_top = min(N, max(16, N // 16))
     m_top = min(4 * M, M * N // n_top)
-    chunk_louis, chunk_plain, chunk_top = make_chunk(True, M), make_chunk(False, M), make_chunk(False, m_top)
+    draw, draw_top = make_draw(M), make_draw(m_top)
+    weigh_louis, weigh_plain = make_weigh(True), make_weigh(False)
+
+    def chunk_plain(key, psi, mix, data, X):
+        return weigh_plain(psi, draw(key, psi, mix, data, X), data, X)
+
+    def chunk_top(key, psi, mix, data, X):
+        return weigh_plain(psi, draw_top(key, psi, mix, data, X), data, X)
 
     @jax.jit
     def expected_hessian(psi, m1, m2, HR):
@@ -247,9 +273,11 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
 
 
     def sample(params, post_mean, post_cov, progress: bool = False, m2ll: bool = True,
-               first_pass=None):
+               first_pass=None, reuse=None):
         """``first_pass``: the result of an earlier ``m2ll=False`` call at the same ``params``,
-        whose draws are reused for the information and the EBEs."""
+        whose draws are reused for the information and the EBEs. ``reuse``: the result of an
+        earlier call at nearby parameters (a Newton step away) whose first-pass draws and
+        solves are weighed again at ``params`` instead of drawing anew (when they were kept)."""
         beta, omega, log_sigma = (jnp.asarray(params[k]) for k in ("beta", "omega", "log_sigma"))
         psi_hat = layout.pack(beta, omega, log_sigma)
         cov = INFLATE * (jnp.asarray(post_cov) + 1e-8 * jnp.eye(d))
@@ -269,13 +297,23 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
 
         # pass 1: the information and the EBEs from a fixed number of draws
         n_louis = max(1, options.louis_draws // M)
+        kept = None
         if first_pass is not None:
-            lacc = first_pass["pass1"]
-        else:
+            lacc, kept = first_pass["pass1"], first_pass["drawn"]
+        elif reuse is not None and reuse["drawn"] is not None:
+            # the draws (and solves) of an earlier pass, weighed at these parameters
             lacc = None
+            for drawn in reuse["drawn"]:
+                lacc = combine(lacc, weigh_louis(psi_hat, drawn, data, X))
+            kept = reuse["drawn"]
+        else:
+            lacc, kept = None, [] if N * n_louis * M * T <= KEEP_VALUES else None
             for c in range(n_louis):
-                lacc = combine(lacc, chunk_louis(jax.random.fold_in(key, 10**6 + c), psi_hat,
-                                                 on_device(single(m_q, L_q)), data, X))
+                drawn = draw(jax.random.fold_in(key, 10**6 + c), psi_hat,
+                             on_device(single(m_q, L_q)), data, X)
+                lacc = combine(lacc, weigh_louis(psi_hat, drawn, data, X))
+                if kept is not None:
+                    kept.append(drawn)
         WL = lacc["W"]
         ebe = lacc["P"] / WL[:, None]
         epp = lacc["PP"] / WL[:, None, None]
@@ -379,6 +417,7 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
             "layout": layout,
             "psi": np.asarray(psi_hat),
             "pass1": lacc,
+            "drawn": kept,
         }
 
     return sample
