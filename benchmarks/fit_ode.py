@@ -9,7 +9,8 @@ alone, -2LL with its Monte Carlo SE, the smallest per-subject ESS and the Newton
 the agreement of the two forms (typical values, IIV SDs, -2LL).
 
     python benchmarks/fit_ode.py                          # 200 subjects, cold and warm
-    python benchmarks/fit_ode.py --scale 50,200,1000,5000 # cost against N (warm cache)
+    python benchmarks/fit_ode.py --scale 50,200,1000,5000 --scale-se per-subject --no-cold
+                                                          # cost against N (warm cache)
     python benchmarks/fit_ode.py --seeds 4                # -2LL spread over SAEM seeds
     python benchmarks/fit_ode.py --forms ode --scale 1000,10000,100000   # on a GPU
 
@@ -32,7 +33,7 @@ IIV = ("foldx", "Tmax", "Cmax", "alpha", "FB", "beta")
 INIT = {"foldx": 2000.0, "Tmax": 8.0, "Cmax": 15000.0, "alpha": 0.2, "FB": 0.01, "beta": 0.005}
 
 
-def child(form: str, n: int, seed: int, cache: str) -> dict:
+def child(form: str, n: int, seed: int, cache: str, target_se: float = 0.5) -> dict:
     """One fit in this process; returns its figures."""
     import jax
 
@@ -52,6 +53,7 @@ def child(form: str, n: int, seed: int, cache: str) -> dict:
     import cartkin.data as cdata
     from cartkin._estimate.config import fitdata_from_dataset
     from cartkin._estimate.fit import fit
+    from cartkin._estimate.importance import ISOptions
     from cartkin._estimate.saem import SAEMOptions
     from cartkin._likelihood import Endpoint, StatModel
     from cartkin._models.registry import get_model
@@ -77,7 +79,8 @@ def child(form: str, n: int, seed: int, cache: str) -> dict:
         data = fitdata_from_dataset(ds, stat)
         t_fit = time.perf_counter()
         res = fit(stat, data, init=INIT, omega_init=0.5, sigma_init=0.8,
-                  saem=SAEMOptions(seed=seed), progress=False)
+                  saem=SAEMOptions(seed=seed), importance=ISOptions(target_se=target_se),
+                  progress=False)
     wall = time.perf_counter() - t_fit
     return {
         "form": form, "n": n, "seed": seed, "wall_s": wall, "compile_s": compile_s["t"],
@@ -92,9 +95,9 @@ def child(form: str, n: int, seed: int, cache: str) -> dict:
     }
 
 
-def run_child(form, n, seed, cache) -> dict:
+def run_child(form, n, seed, cache, target_se=0.5) -> dict:
     env = dict(os.environ, EQX_ON_ERROR="nan")
-    cmd = [sys.executable, __file__, "--child", form, str(n), str(seed), cache]
+    cmd = [sys.executable, __file__, "--child", form, str(n), str(seed), cache, str(target_se)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
@@ -113,17 +116,21 @@ def line(tag, r):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--child", nargs=4, metavar=("FORM", "N", "SEED", "CACHE"))
+    ap.add_argument("--child", nargs=5, metavar=("FORM", "N", "SEED", "CACHE", "TARGET_SE"))
     ap.add_argument("--forms", default="closed,ode,hardiansyah")
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--scale", default="", help="comma-separated subject counts (warm cache)")
+    ap.add_argument("--scale-se", choices=("fixed", "per-subject"), default="fixed",
+                    help="-2LL Monte Carlo SE target of the --scale fits: 0.5 whatever N "
+                         "(draws per subject grow with N), or 0.5 x sqrt(N / 200) (the same "
+                         "precision per subject as at N = 200)")
     ap.add_argument("--seeds", type=int, default=0, help="SAEM seeds for the -2LL spread")
     ap.add_argument("--no-cold", action="store_true", help="skip the cold/warm comparison")
     ap.add_argument("--json", default="", help="write every record to this file")
     args = ap.parse_args()
     if args.child:
-        form, n, seed, cache = args.child
-        print(json.dumps(child(form, int(n), int(seed), cache)))
+        form, n, seed, cache, se = args.child
+        print(json.dumps(child(form, int(n), int(seed), cache, float(se))))
         return
     cpu = subprocess.run(["bash", "-c", "lscpu | grep 'Model name' | cut -d: -f2"],
                          capture_output=True, text=True).stdout.strip()
@@ -158,8 +165,10 @@ def main():
                 print(f"ODE vs closed form, -2LL difference {o['m2ll'] - c['m2ll']:+.3f}", flush=True)
         for n in [int(x) for x in args.scale.split(",") if x]:
             for form in [f for f in forms if f != "hardiansyah"]:
-                r = run_child(form, n, 1, cache)
+                se = 0.5 if args.scale_se == "fixed" else 0.5 * (n / 200) ** 0.5
+                r = run_child(form, n, 1, cache, se)
                 r["cache"] = "warm"
+                r["target_se"] = se
                 keep(r)
                 print(line("scale", r), flush=True)
         for form in [f for f in forms if f != "hardiansyah"]:

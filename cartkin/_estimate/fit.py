@@ -77,7 +77,7 @@ def fit(
     saem: SAEMOptions = SAEMOptions(),
     importance: ISOptions = ISOptions(),
     settings: SolverSettings = SolverSettings(),
-    polish: int = 2,
+    polish: int = 3,
     starts: int = 1,
     progress: bool = True,
 ) -> FitResult:
@@ -160,28 +160,44 @@ def fit(
     for step in range(1, polish + 1):
         if decrement < 0.05 or not np.isfinite(decrement):
             break
-        new = _polished_params(res, cov)
+        # a step that does not lower the decrement is halved (up to 3 times) before giving up;
+        # the first pass's draws and solves, weighed at the new parameters, give its score and
+        # information (no new solves); fresh draws only if that left some subject with less
+        # than half its effective sample size
+        t_step = time.perf_counter()
+        better, t = False, 1.0
+        for _ in range(4):
+            new = _polished_params(res, cov, t)
+            if new is None:
+                break
+            # (a long step, from a decrement above 2, gets fresh draws at once)
+            reused = res["drawn"] is not None and decrement < 2.0
+            res_new = sample(new, res["ebe"], res["ebe_cov"], progress, m2ll=False,
+                             reuse=res if reused else None)
+            if reused and res_new["ess"].min() < 0.5 * res["ess"].min():
+                res_new = sample(new, res["ebe"], res["ebe_cov"], progress, m2ll=False)
+                reused = False
+            cov_new, cond_new, dec_new = _newton(res_new)
+            better = dec_new < decrement
+            if better:
+                break
+            t /= 2
         if new is None:
             break
-        # the step is small: the first pass's draws and solves, weighed at the new parameters,
-        # give its score and information; fresh draws only if that left a subject few effective
-        t_step = time.perf_counter()
-        res_new = sample(new, res["ebe"], res["ebe_cov"], progress, m2ll=False, reuse=res)
-        reused = res["drawn"] is not None
-        if reused and res_new["ess"].min() < 0.5 * res["ess"].min():
-            res_new = sample(new, res["ebe"], res["ebe_cov"], progress, m2ll=False)
-            reused = False
-        cov_new, cond_new, dec_new = _newton(res_new)
-        better = dec_new < decrement
         history.append({"step": step, "decrement": dec_new, "accepted": bool(better),
-                        "draws": "reweighted" if reused else "new",
+                        "step_length": t, "draws": "reweighted" if reused else "new",
                         "seconds": time.perf_counter() - t_step})
         if not better:
             break
         res, params, cov, cond, decrement = res_new, new, cov_new, cond_new, dec_new
     # the final evaluation: -2LL to the requested Monte Carlo SE, information, EBEs
     t_final = time.perf_counter()
-    res = sample(params, res["ebe"], res["ebe_cov"], progress, first_pass=res)
+    # after a step computed from reweighted draws, those draws' score says nothing about it:
+    # the -2LL pass's own draws then give the information and score (the convergence check)
+    accepted = [h for h in history if h.get("accepted")]
+    last_reweighted = bool(accepted) and accepted[-1]["draws"] == "reweighted"
+    res = sample(params, res["ebe"], res["ebe_cov"], progress, first_pass=res,
+                 fresh_information=last_reweighted)
     timings["m2ll_step_s"] = time.perf_counter() - t_final
     cov, cond, decrement = _newton(res)
     history.append({"step": "final", "m2ll": res["m2ll"], "m2ll_se": res["m2ll_se"],
@@ -278,11 +294,19 @@ def _newton(res):
     return cov, cond, dec
 
 
-def _polished_params(res, cov):
-    """psi + I^-1 g, halved until Omega stays positive definite; None if impossible."""
+def _polished_params(res, cov, t=1.0):
+    """psi + t I^-1 g, shortened so that no IIV variance more than doubles or halves and Omega
+    stays positive definite; None if impossible. (A weakly identified variance with a noisy
+    score would otherwise jump: one measured step took omega2(beta) from 1.05 to 0.06.)"""
     layout = res["layout"]
     psi = res["psi"]
-    step = cov @ res["score"]
+    step = t * (cov @ res["score"])
+    _, o0, _ = (np.asarray(x) for x in layout.unpack(jnp.asarray(psi)))
+    _, do, _ = (np.asarray(x) for x in layout.unpack(jnp.asarray(step)))
+    ratio = np.diag(do) / np.diag(o0)
+    worst = max(np.max(ratio, initial=0.0), np.max(-2 * ratio, initial=0.0))
+    if worst > 1.0:
+        step = step / worst
     for _ in range(6):
         b, o, ls = (np.asarray(x) for x in layout.unpack(jnp.asarray(psi + step)))
         if np.all(np.linalg.eigvalsh(o) > 1e-10):

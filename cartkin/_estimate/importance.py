@@ -42,8 +42,10 @@ NU = 4.0
 W_PRIOR = 0.05
 INFLATE = 1.2
 # the first pass's draws, predictions and proposal densities are kept (for weighing again at a
-# polishing step's parameters) while they hold at most this many predicted values
-KEEP_VALUES = 30_000_000
+# polishing step's parameters) while they hold at most this many predicted values (1 GB: 5,000
+# subjects x 2,000 draws x 12 samples)
+KEEP_VALUES = 125_000_000
+LOUIS_SUMS = ("G", "GG", "HR", "P", "PP")  # per-subject weighted sums for the information
 K_MIX = 3  # t components per subject: the first at the conditional mean, the others added
 # where a draw far from the existing ones took over a subject's weights (a second region)
 DOMINATED = 0.2  # a single draw holding this share of a subject's weight sum
@@ -220,13 +222,8 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
     n_top = min(N, max(16, N // 16))
     m_top = min(4 * M, M * N // n_top)
     draw, draw_top = make_draw(M), make_draw(m_top)
-    weigh_louis, weigh_plain = make_weigh(True), make_weigh(False)
-
-    def chunk_plain(key, psi, mix, data, X):
-        return weigh_plain(psi, draw(key, psi, mix, data, X), data, X)
-
-    def chunk_top(key, psi, mix, data, X):
-        return weigh_plain(psi, draw_top(key, psi, mix, data, X), data, X)
+    weigh = {True: make_weigh(True), False: make_weigh(False)}
+    weigh_louis = weigh[True]
 
     @jax.jit
     def expected_hessian(psi, m1, m2, HR):
@@ -267,17 +264,21 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         full = {"lmax": acc["lmax"].copy(), "W": np.zeros(N), "W2": np.zeros(N),
                 "n_fail": np.zeros_like(acc["n_fail"]), "best": acc["best"].copy(),
                 "best_lw": np.full(N, -np.inf)}
+        full.update({k: np.zeros_like(acc[k]) for k in LOUIS_SUMS if k in acc})
         for k in full:
             full[k][idx] = new[k]
         return full
 
 
     def sample(params, post_mean, post_cov, progress: bool = False, m2ll: bool = True,
-               first_pass=None, reuse=None):
+               first_pass=None, reuse=None, fresh_information: bool = False):
         """``first_pass``: the result of an earlier ``m2ll=False`` call at the same ``params``,
         whose draws are reused for the information and the EBEs. ``reuse``: the result of an
         earlier call at nearby parameters (a Newton step away) whose first-pass draws and
-        solves are weighed again at ``params`` instead of drawing anew (when they were kept)."""
+        solves are weighed again at ``params`` instead of drawing anew (when they were kept).
+        ``fresh_information``: the -2LL pass's own draws give the information, score and EBEs
+        (needed after a polishing step computed from reweighted draws: those draws' own score
+        at the step's end is zero by construction, so it checks nothing)."""
         beta, omega, log_sigma = (jnp.asarray(params[k]) for k in ("beta", "omega", "log_sigma"))
         psi_hat = layout.pack(beta, omega, log_sigma)
         cov = INFLATE * (jnp.asarray(post_cov) + 1e-8 * jnp.eye(d))
@@ -333,6 +334,15 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         # one draw far from its proposal gets a component there and starts again.
         if m2ll:
             acc, m_total, c = None, np.zeros(N), 0
+            louis = fresh_information
+            w_fn = weigh[louis]
+
+            def chunk_plain(key, psi, mix, data, X):
+                return w_fn(psi, draw(key, psi, mix, data, X), data, X)
+
+            def chunk_top(key, psi, mix, data, X):
+                return w_fn(psi, draw_top(key, psi, mix, data, X), data, X)
+
             with progress_bar(None, "importance sampling (-2LL SE)", progress) as adv:
                 while True:
                     kc = jax.random.fold_in(key, c)
@@ -382,6 +392,9 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
                         mix[2][i] = lw
                         n_comp[i] += 1
                         acc["W"][i] = acc["W2"][i] = 0.0
+                        for k in LOUIS_SUMS:
+                            if k in acc:
+                                acc[k][i] = 0.0
                         acc["best_lw"][i] = -np.inf
                         m_total[i] = 0
                     if m_total.min() < options.min_draws:
@@ -395,10 +408,19 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         se = mc_se(acc, m_total)
         W = acc["W"]
         loglik_i = np.log(W / m_total) + acc["lmax"]
-        Eg = lacc["G"] / WL[:, None]
-        Egg = lacc["GG"] / WL[:, None, None]
+        # information, score and EBEs: from the -2LL pass's own draws, or from pass 1
+        if m2ll and not fresh_information:
+            acc_i = lacc
+        else:
+            acc_i = acc
+        ebe = acc_i["P"] / acc_i["W"][:, None]
+        Wi = acc_i["W"]
+        epp = acc_i["PP"] / Wi[:, None, None]
+        ebe_cov = epp - ebe[:, :, None] * ebe[:, None, :]
+        Eg = acc_i["G"] / Wi[:, None]
+        Egg = acc_i["GG"] / Wi[:, None, None]
         EH = np.asarray(expected_hessian(psi_hat, jnp.asarray(ebe), jnp.asarray(epp),
-                                         jnp.asarray(lacc["HR"] / WL[:, None, None])))
+                                         jnp.asarray(acc_i["HR"] / Wi[:, None, None])))
         info = -EH - np.sum(Egg - Eg[:, :, None] * Eg[:, None, :], axis=0)
         return {
             "m2ll": float(-2 * loglik_i.sum()),
