@@ -271,6 +271,26 @@ def eta_logprior(eta, omega_chol):
     return -0.5 * jnp.sum(z**2, -1) - jnp.sum(jnp.log(jnp.diag(omega_chol))) - 0.5 * d * jnp.log(2 * jnp.pi)
 
 
+def sigma_layout(endpoints: Sequence[Endpoint]):
+    """Which residual parameters each endpoint has: (uses_add (E,), uses_prop (E,)). The free
+    residual parameters are ordered: the additive SDs of the endpoints that have one, then the
+    proportional ones."""
+    add = np.array([e.error in ("log_additive", "additive", "combined") for e in endpoints])
+    prop = np.array([e.error in ("proportional", "combined") for e in endpoints])
+    return add, prop
+
+
+def sigma_per_endpoint(endpoints: Sequence[Endpoint], sigma):
+    """(sigma_add (E,), sigma_prop (E,)) from the free residual parameters ``sigma`` (natural
+    scale, in :func:`sigma_layout`'s order); 1 where an endpoint has no such parameter."""
+    add, prop = sigma_layout(endpoints)
+    ia, ip = np.flatnonzero(add), np.flatnonzero(prop)
+    sigma = jnp.asarray(sigma)
+    sa = jnp.ones(len(add)).at[ia].set(sigma[: len(ia)])
+    sp = jnp.ones(len(add)).at[ip].set(sigma[len(ia) : len(ia) + len(ip)])
+    return sa, sp
+
+
 def kind_codes(endpoints: Sequence[Endpoint]) -> np.ndarray:
     codes = {"log_additive": 0, "additive": 1, "proportional": 2, "combined": 3}
     return np.array([codes[e.error] for e in endpoints])

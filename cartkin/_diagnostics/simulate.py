@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._likelihood import sigma_per_endpoint as _sigma_per_endpoint
 from .._likelihood import (
     FitData,
     SolverSettings,
@@ -59,13 +60,8 @@ def residual_sd(codes, f, sigma_add, sigma_prop):
 
 
 def sigma_per_endpoint(stat: StatModel, log_sigma):
-    """(sigma_add (E,), sigma_prop (E,)) from the free residual parameters (additive first)."""
-    add = np.array([e.error in ("log_additive", "additive", "combined") for e in stat.endpoints])
-    prop = np.array([e.error in ("proportional", "combined") for e in stat.endpoints])
-    s = jnp.exp(jnp.asarray(log_sigma))
-    ia, ip = np.flatnonzero(add), np.flatnonzero(prop)
-    n = len(add)
-    return jnp.ones(n).at[ia].set(s[: len(ia)]), jnp.ones(n).at[ip].set(s[len(ia) :])
+    """(sigma_add (E,), sigma_prop (E,)) from the free residual parameters on the log scale."""
+    return _sigma_per_endpoint(stat.endpoints, jnp.exp(jnp.asarray(log_sigma)))
 
 
 def lloq_per_record(data: FitData, lloq: dict[int, float] | None = None) -> np.ndarray:

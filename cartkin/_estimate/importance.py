@@ -34,9 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._likelihood import eta_logprior, map_subjects, record_loglik
+from .._likelihood import eta_logprior, map_subjects, record_loglik, sigma_layout, sigma_per_endpoint
 from .._progress import progress_bar
-from .saem import _sigma_full, sigma_layout
 
 NU = 4.0
 W_PRIOR = 0.05
@@ -117,7 +116,7 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
     M = options.draws_per_chunk
 
     def resid(ls, f, data_i):
-        sa, sp = _sigma_full(ls, add, prop)
+        sa, sp = sigma_per_endpoint(stat.endpoints, jnp.exp(ls))
         return record_loglik(codes, data_i, f, sa, sp).sum()
 
     def prior_moments(psi, m1, m2, x_i):

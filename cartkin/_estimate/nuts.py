@@ -59,6 +59,8 @@ from .._likelihood import (
     kind_codes,
     make_predictor,
     record_loglik,
+    sigma_layout,
+    sigma_per_endpoint,
     subject_loglik,
 )
 from .._population import from_unconstrained, to_unconstrained
@@ -132,10 +134,7 @@ class PopulationModel:
         self.predict_one = make_predictor(stat, settings)
         self.arrays = data_arrays(data)
         self.codes = jnp.asarray(kind_codes(stat.endpoints))
-        self.add = np.array(
-            [e.error in ("log_additive", "additive", "combined") for e in stat.endpoints]
-        )
-        self.prop = np.array([e.error in ("proportional", "combined") for e in stat.endpoints])
+        self.add, self.prop = sigma_layout(stat.endpoints)
         self.sigma_names = sigma_names(stat)
         self.wc = jnp.zeros((data.n_subjects, self.d))  # see set_offset
         self.ws = jnp.ones((data.n_subjects, self.d))
@@ -161,11 +160,7 @@ class PopulationModel:
         return A
 
     def sigma_per_endpoint(self, sigma):
-        n = len(self.add)
-        ia, ip = np.flatnonzero(self.add), np.flatnonzero(self.prop)
-        sa = jnp.ones(n).at[ia].set(sigma[: len(ia)])
-        sp = jnp.ones(n).at[ip].set(sigma[len(ia) :])
-        return sa, sp
+        return sigma_per_endpoint(self.stat.endpoints, sigma)
 
     def mu_i(self, site):
         """Typical individual parameters X_i beta (N, d) of one draw."""

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._likelihood import eta_logprior, map_subjects, record_loglik
+from .._likelihood import eta_logprior, map_subjects, record_loglik, sigma_layout, sigma_per_endpoint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,22 +36,6 @@ class SAEMOptions:
     n_component: int = 1
     block: int = 50
     seed: int = 0
-
-
-def sigma_layout(endpoints):
-    """Which residual parameters each endpoint has: (uses_add (E,), uses_prop (E,))."""
-    add = np.array([e.error in ("log_additive", "additive", "combined") for e in endpoints])
-    prop = np.array([e.error in ("proportional", "combined") for e in endpoints])
-    return add, prop
-
-
-def _sigma_full(log_free, add, prop):
-    n = len(add)
-    ia = np.flatnonzero(add)
-    ip = np.flatnonzero(prop)
-    sa = jnp.ones(n).at[ia].set(jnp.exp(log_free[: len(ia)]))
-    sp = jnp.ones(n).at[ip].set(jnp.exp(log_free[len(ia) :]))
-    return sa, sp
 
 
 def make_saem(stat, predict_draws, data, X, options: SAEMOptions, codes):
@@ -89,7 +73,7 @@ def make_saem(stat, predict_draws, data, X, options: SAEMOptions, codes):
         L = params["chol"]
         mu = mu_of(params["beta"])
         sd = jnp.sqrt(jnp.diag(params["omega"]))
-        sa, sp = _sigma_full(params["log_sigma"], add, prop)
+        sa, sp = sigma_per_endpoint(stat.endpoints, jnp.exp(params["log_sigma"]))
 
         def kernel(st, inp):
             kind, k = inp
@@ -127,7 +111,7 @@ def make_saem(stat, predict_draws, data, X, options: SAEMOptions, codes):
 
     def sigma_step(state, log_sigma):
         def obj(ls):
-            sa, sp = _sigma_full(ls, add, prop)
+            sa, sp = sigma_per_endpoint(stat.endpoints, jnp.exp(ls))
             ll = resid_ll(state["f"], state["ok"], sa, sp)
             return jnp.sum(jnp.where(jnp.isfinite(ll), ll, 0.0))
 
@@ -169,7 +153,7 @@ def make_saem(stat, predict_draws, data, X, options: SAEMOptions, codes):
         ls_sa = params["log_sigma"] + gamma * (ls_hat - params["log_sigma"])
         ls_new = jnp.where(k < options.anneal, jnp.maximum(ls_sa, params["log_sigma"] + jnp.log(0.95)), ls_sa)
         params = dict(params, log_sigma=ls_new)
-        sa, sp = _sigma_full(ls_new, add, prop)
+        sa, sp = sigma_per_endpoint(stat.endpoints, jnp.exp(ls_new))
         st["ll"] = resid_ll(st["f"], st["ok"], sa, sp)
         w = jnp.where(k >= options.k1, 1.0 / (k - options.k1 + 1.0), 0.0)
         st["post_m"] = st["post_m"] + w * (st["phi"] - st["post_m"])
@@ -189,7 +173,7 @@ def make_saem(stat, predict_draws, data, X, options: SAEMOptions, codes):
                   "chol": jnp.linalg.cholesky(jnp.asarray(omega0)), "log_sigma": jnp.asarray(log_sigma0)}
         phi0 = mu_of(params["beta"])
         f0, ok0 = jax.jit(predict_all)(phi0)
-        sa, sp = _sigma_full(params["log_sigma"], add, prop)
+        sa, sp = sigma_per_endpoint(stat.endpoints, jnp.exp(params["log_sigma"]))
         ll0 = jax.jit(resid_ll)(f0, ok0, sa, sp)
         state = {
             "phi": phi0, "f": f0, "ok": ok0, "ll": ll0,
