@@ -160,13 +160,14 @@ def fit(
     for step in range(1, polish + 1):
         if decrement < 0.05 or not np.isfinite(decrement):
             break
-        # a step that does not lower the decrement is halved (up to 3 times) before giving up;
+        # a step that does not lower the decrement is halved (up to 3 times, on reweighted draws)
+        # before giving up;
         # the first pass's draws and solves, weighed at the new parameters, give its score and
         # information (no new solves); fresh draws only if that left some subject with less
         # than half its effective sample size
         t_step = time.perf_counter()
         better, t = False, 1.0
-        for _ in range(4):
+        for attempt in range(4):
             new = _polished_params(res, cov, t)
             if new is None:
                 break
@@ -179,7 +180,7 @@ def fit(
                 reused = False
             cov_new, cond_new, dec_new = _newton(res_new)
             better = dec_new < decrement
-            if better:
+            if better or not reused:  # halving is tried only where it costs no solves
                 break
             t /= 2
         if new is None:
@@ -202,6 +203,21 @@ def fit(
     cov, cond, decrement = _newton(res)
     history.append({"step": "final", "m2ll": res["m2ll"], "m2ll_se": res["m2ll_se"],
                     "decrement": decrement, "seconds": timings["m2ll_step_s"]})
+    # reweighted steps stop at the maximum of the first pass's draws, which carries their Monte
+    # Carlo error; when the independent check finds the fit unconverged, one more step from it
+    # and a new evaluation (fresh draws throughout), kept if its decrement is lower
+    new = _polished_params(res, cov) if last_reweighted and 0.5 <= decrement < np.inf else None
+    if new is not None:
+        t_extra = time.perf_counter()
+        res_new = sample(new, res["ebe"], res["ebe_cov"], progress, fresh_information=True)
+        cov_new, cond_new, dec_new = _newton(res_new)
+        better = dec_new < decrement
+        history.append({"step": "after check", "m2ll": res_new["m2ll"],
+                        "m2ll_se": res_new["m2ll_se"], "decrement": dec_new,
+                        "accepted": bool(better), "draws": "new",
+                        "seconds": time.perf_counter() - t_extra})
+        if better:
+            res, params, cov, cond, decrement = res_new, new, cov_new, cond_new, dec_new
     timings["importance_s"] = time.perf_counter() - t1
 
     layout = res["layout"]

@@ -41,9 +41,9 @@ NU = 4.0
 W_PRIOR = 0.05
 INFLATE = 1.2
 # the first pass's draws, predictions and proposal densities are kept (for weighing again at a
-# polishing step's parameters) while they hold at most this many predicted values (1 GB: 5,000
-# subjects x 2,000 draws x 12 samples)
-KEEP_VALUES = 125_000_000
+# polishing step's parameters) while they hold at most this many predicted values (1.3 GB: 5,000
+# subjects x 2,000 draws x 16 samples)
+KEEP_VALUES = 160_000_000
 LOUIS_SUMS = ("G", "GG", "HR", "P", "PP")  # per-subject weighted sums for the information
 K_MIX = 3  # t components per subject: the first at the conditional mean, the others added
 # where a draw far from the existing ones took over a subject's weights (a second region)
