@@ -221,3 +221,48 @@ def test_reweighted_draws_give_the_exact_score_at_a_polishing_step(fitted):
               sample(params(psi1), first["ebe"], first["ebe_cov"], m2ll=False)):
         assert np.all(np.abs(r["score"] - exact) / scale < 0.05), (r["score"], exact)
         assert abs(exact @ np.linalg.solve(H, exact)) > 0.5  # the step really moved the score
+
+
+def test_failed_independent_check_gets_one_more_step_to_the_exact_maximum(monkeypatch):
+    """When the final pass's independent draws find the fit unconverged after reweighted
+    polishing steps (forced here by adding 1 to that decrement), one more step with fresh draws
+    is taken and reported, and the estimate is still the exact maximum."""
+    import cartkin._estimate.fit as fit_module
+
+    data, logy = _cohort()
+    stat = StatModel(MonoExp(), (Endpoint("C"),), iiv=("C0", "k"))
+    make = fit_module.make_importance_sampler
+
+    def marking_sampler(*args, **kwargs):
+        sample = make(*args, **kwargs)
+
+        def marked(*a, m2ll=True, **kw):
+            res = sample(*a, m2ll=m2ll, **kw)
+            return {**res, "_m2ll_pass": m2ll}
+
+        return marked
+
+    newton = fit_module._newton
+    forced = []
+
+    def failing_first_check(res):
+        cov, cond, dec = newton(res)
+        if res.get("_m2ll_pass") and not forced:
+            forced.append(dec)
+            dec = dec + 1.0
+        return cov, cond, dec
+
+    monkeypatch.setattr(fit_module, "make_importance_sampler", marking_sampler)
+    monkeypatch.setattr(fit_module, "_newton", failing_first_check)
+    # a short SAEM run leaves a decrement for the polishing steps to remove
+    res = fit(stat, data, init={"C0": 50.0, "k": 0.5}, omega_init=0.3, sigma_init=0.5,
+              saem=SAEMOptions(seed=3, k1=30, k2=10, anneal=20, block=10),
+              importance=ISOptions(seed=4, target_se=0.2), progress=False)
+    steps = [h["step"] for h in res.convergence["polishing"]]
+    assert forced and "after check" in steps, res.convergence["polishing"]
+    assert res.convergence["converged"]
+    psi_fit = np.r_[res.estimates["beta"][:, 0], np.diag(res.estimates["omega"]),
+                    res.estimates["log_sigma"]]
+    opt = minimize(lambda p: _exact_m2ll(p, logy), psi_fit, method="Nelder-Mead",
+                   options={"xatol": 1e-9, "fatol": 1e-9, "maxiter": 20000, "maxfev": 20000})
+    assert _exact_m2ll(psi_fit, logy) - opt.fun < 0.1
