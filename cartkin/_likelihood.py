@@ -354,7 +354,6 @@ def make_draws_predictor(stat: StatModel, settings: SolverSettings = SolverSetti
         return jax.vmap(make_predictor(stat, settings, status=True), in_axes=(0, None))
 
     from ._batched import solve_batch
-    from ._solve import Status
 
     outputs = [e.output for e in stat.endpoints]
 

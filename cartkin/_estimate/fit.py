@@ -160,11 +160,10 @@ def fit(
     for step in range(1, polish + 1):
         if decrement < 0.05 or not np.isfinite(decrement):
             break
-        # a step that does not lower the decrement is halved (up to 3 times, on reweighted draws)
-        # before giving up;
-        # the first pass's draws and solves, weighed at the new parameters, give its score and
-        # information (no new solves); fresh draws only if that left some subject with less
-        # than half its effective sample size
+        # the first pass's draws and solves, weighed at the new parameters, give the step's score
+        # and information (no new solves); fresh draws if that leaves some subject with less than
+        # half its effective sample size. A step that does not lower the decrement is halved (up
+        # to 3 times, on reweighted draws only) before giving up
         t_step = time.perf_counter()
         better, t = False, 1.0
         for attempt in range(4):

@@ -239,11 +239,17 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         out["best_lw"] = np.where(take, new["best_lw"], acc["best_lw"])
         out["best"] = np.where(take[:, None], new["best"], acc["best"])
         sa, sn = np.exp(acc["lmax"] - lmax), np.exp(new["lmax"] - lmax)
-        for k in [k for k in ("W", "G", "GG", "HR", "P", "PP") if k in acc]:
+        for k in [k for k in ("W",) + LOUIS_SUMS if k in acc]:
             shape = (-1,) + (1,) * (acc[k].ndim - 1)
             out[k] = acc[k] * sa.reshape(shape) + new[k] * sn.reshape(shape)
         out["W2"] = acc["W2"] * sa**2 + new["W2"] * sn**2
         return out
+
+    def weighted_moments(acc):
+        """Per subject: the weighted mean of phi, of phi phi', and the covariance."""
+        ebe = acc["P"] / acc["W"][:, None]
+        epp = acc["PP"] / acc["W"][:, None, None]
+        return ebe, epp, epp - ebe[:, :, None] * ebe[:, None, :]
 
     def var_log(acc, m):
         """Per subject: the variance of log(mean weight) (delta method) after m draws (infinite
@@ -314,12 +320,9 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
                 lacc = combine(lacc, weigh_louis(psi_hat, drawn, data, X))
                 if kept is not None:
                     kept.append(drawn)
-        WL = lacc["W"]
-        ebe = lacc["P"] / WL[:, None]
-        epp = lacc["PP"] / WL[:, None, None]
-        ebe_cov = epp - ebe[:, :, None] * ebe[:, None, :]
+        ebe, epp, ebe_cov = weighted_moments(lacc)
         # adapt the proposal to the weighted moments of pass 1
-        ess1 = WL**2 / lacc["W2"]
+        ess1 = lacc["W"] ** 2 / lacc["W2"]
         good = (ess1 > 50)[:, None, None]
         cov2 = np.where(good, INFLATE * ebe_cov + 1e-8 * np.eye(d), np.asarray(cov))
         m_q = np.where(good[:, :, 0], ebe, np.asarray(m_q))
@@ -333,8 +336,7 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         # one draw far from its proposal gets a component there and starts again.
         if m2ll:
             acc, m_total, c = None, np.zeros(N), 0
-            louis = fresh_information
-            w_fn = weigh[louis]
+            w_fn = weigh[fresh_information]
 
             def chunk_plain(key, psi, mix, data, X):
                 return w_fn(psi, draw(key, psi, mix, data, X), data, X)
@@ -408,14 +410,10 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         W = acc["W"]
         loglik_i = np.log(W / m_total) + acc["lmax"]
         # information, score and EBEs: from the -2LL pass's own draws, or from pass 1
-        if m2ll and not fresh_information:
-            acc_i = lacc
-        else:
-            acc_i = acc
-        ebe = acc_i["P"] / acc_i["W"][:, None]
+        acc_i = lacc if m2ll and not fresh_information else acc
+        if acc_i is not lacc:
+            ebe, epp, ebe_cov = weighted_moments(acc_i)
         Wi = acc_i["W"]
-        epp = acc_i["PP"] / Wi[:, None, None]
-        ebe_cov = epp - ebe[:, :, None] * ebe[:, None, :]
         Eg = acc_i["G"] / Wi[:, None]
         Egg = acc_i["GG"] / Wi[:, None, None]
         EH = np.asarray(expected_hessian(psi_hat, jnp.asarray(ebe), jnp.asarray(epp),

@@ -59,7 +59,6 @@ from .._likelihood import (
     kind_codes,
     make_predictor,
     record_loglik,
-    sigma_layout,
     sigma_per_endpoint,
     subject_loglik,
 )
@@ -134,7 +133,6 @@ class PopulationModel:
         self.predict_one = make_predictor(stat, settings)
         self.arrays = data_arrays(data)
         self.codes = jnp.asarray(kind_codes(stat.endpoints))
-        self.add, self.prop = sigma_layout(stat.endpoints)
         self.sigma_names = sigma_names(stat)
         self.wc = jnp.zeros((data.n_subjects, self.d))  # see set_offset
         self.ws = jnp.ones((data.n_subjects, self.d))

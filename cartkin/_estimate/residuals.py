@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from .._likelihood import sigma_layout, sigma_per_endpoint
+from .._likelihood import kind_codes, sigma_per_endpoint
 
 FD_STEP = 1e-3
 
@@ -32,9 +32,7 @@ def sdtab(stat, predict_one, arrays, data, X, params, ebe, *, predict_draws=None
     ``predict_one`` vmapped over them."""
     from .._likelihood import map_subjects
 
-    codes = np.array([{"log_additive": 0, "additive": 1, "proportional": 2, "combined": 3}[e.error]
-                      for e in stat.endpoints])
-    add, prop = sigma_layout(stat.endpoints)
+    codes = kind_codes(stat.endpoints)
     sa, sp = (np.asarray(x) for x in sigma_per_endpoint(stat.endpoints, np.exp(params["log_sigma"])))
     mu = np.einsum("njp,jp->nj", X, params["beta"])
     d = mu.shape[1]
