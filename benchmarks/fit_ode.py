@@ -89,14 +89,21 @@ def child(form: str, n: int, seed: int, cache: str, target_se: float = 0.5) -> d
         "draws": int(res.convergence["m2ll_draws_per_subject"]),
         "decrement": res.convergence["newton_decrement"], "typical": res.typical(),
         "omega_sd": res.omega_sd(), "backend": jax.default_backend(),
+        "devices": len(jax.devices()),
         "failed_subjects": int(len(res.failures)),
         "passes": [{k: v for k, v in h.items() if k in ("step", "draws", "seconds", "decrement")}
                    for h in res.convergence["polishing"]],
     }
 
 
+DEVICES = os.cpu_count() or 1  # host devices of a child (--devices): as the cartkin command
+
+
 def run_child(form, n, seed, cache, target_se=0.5) -> dict:
     env = dict(os.environ, EQX_ON_ERROR="nan")
+    flags = env.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={DEVICES}".strip()
     cmd = [sys.executable, __file__, "--child", form, str(n), str(seed), cache, str(target_se)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
@@ -105,7 +112,7 @@ def run_child(form, n, seed, cache, target_se=0.5) -> dict:
 
 
 def line(tag, r):
-    return (f"{tag:6s} {r['form']:6s} N={r['n']:<6d} wall {r['wall_s']:7.1f} s (compile "
+    return (f"{tag:6s} {r['form']:6s} N={r['n']:<6d} dev {r['devices']} wall {r['wall_s']:7.1f} s (compile "
             f"{r['compile_s']:5.1f}) | SAEM {r['saem_s']:6.1f} | IS {r['importance_s']:6.1f} "
             f"(final -2LL pass {r['m2ll_step_s']:5.1f}, {r['draws']} draws) | sdtab "
             f"{r['sdtab_s']:4.1f} | -2LL {r['m2ll']:9.2f} (SE {r['m2ll_se']:.2f}, min ESS "
@@ -115,6 +122,7 @@ def line(tag, r):
 
 
 def main():
+    global DEVICES
     ap = argparse.ArgumentParser()
     ap.add_argument("--child", nargs=5, metavar=("FORM", "N", "SEED", "CACHE", "TARGET_SE"))
     ap.add_argument("--forms", default="closed,ode,hardiansyah")
@@ -127,7 +135,11 @@ def main():
     ap.add_argument("--seeds", type=int, default=0, help="SAEM seeds for the -2LL spread")
     ap.add_argument("--no-cold", action="store_true", help="skip the cold/warm comparison")
     ap.add_argument("--json", default="", help="write every record to this file")
+    ap.add_argument("--devices", type=int, default=DEVICES,
+                    help="host devices of each fit (the subjects are split over them; default: "
+                         "one per core, as the cartkin command sets)")
     args = ap.parse_args()
+    DEVICES = args.devices
     if args.child:
         form, n, seed, cache, se = args.child
         print(json.dumps(child(form, int(n), int(seed), cache, float(se))))

@@ -263,11 +263,24 @@ def subject_loglik(stat, predict_one, phi, data_i, sigma_add, sigma_prop, kind_c
     return jnp.where(ok & jnp.isfinite(ll), ll, -jnp.inf)
 
 
+def forward_substitution(L, x):
+    """L^-1 x for a lower-triangular L (d, d) and x (..., d), unrolled over d (meant for the
+    handful of random effects): plain XLA operations. A LAPACK solve runs its batch on the thread
+    pool and, with each CPU core a device, has deadlocked a sharded program (jax 0.10)."""
+    d = L.shape[-1]
+    z = []
+    for i in range(d):
+        acc = x[..., i]
+        for j in range(i):
+            acc = acc - L[i, j] * z[j]
+        z.append(acc / L[i, i])
+    return jnp.stack(z, -1)
+
+
 def eta_logprior(eta, omega_chol):
     """log N(eta; 0, Omega) with Omega = L L^T."""
     d = eta.shape[-1]
-    z = jax.scipy.linalg.solve_triangular(omega_chol, eta.reshape(-1, d).T, lower=True).T
-    z = z.reshape(eta.shape)
+    z = forward_substitution(omega_chol, eta)
     return -0.5 * jnp.sum(z**2, -1) - jnp.sum(jnp.log(jnp.diag(omega_chol))) - 0.5 * d * jnp.log(2 * jnp.pi)
 
 
@@ -351,7 +364,11 @@ def make_draws_predictor(stat: StatModel, settings: SolverSettings = SolverSetti
 
     model = stat.model
     if isinstance(model, ClosedFormModel) or settings.solver is not None:
-        return jax.vmap(make_predictor(stat, settings, status=True), in_axes=(0, None))
+        predict_draws = jax.vmap(make_predictor(stat, settings, status=True), in_axes=(0, None))
+        # a closed form may be split over devices; a diffrax solve may call LAPACK (an implicit
+        # solver's linear solves), which a program split over host devices must not
+        predict_draws.split = isinstance(model, ClosedFormModel)
+        return predict_draws
 
     from ._batched import solve_batch
 
@@ -387,6 +404,7 @@ def make_draws_predictor(stat: StatModel, settings: SolverSettings = SolverSetti
     # subject (250 lanes) per loop, 9.2 with 500, 12.6 with 1,000 (the heavy-tailed draws make
     # stragglers); all 50,000 in one loop was 2.4x slower than 1,000. A GPU needs wide loops.
     predict_draws.lanes = 256 if jax.default_backend() == "cpu" else 1 << 17
+    predict_draws.split = True  # its linear algebra is unrolled: no LAPACK call
     return predict_draws
 
 

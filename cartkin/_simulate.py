@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from jax.experimental import multihost_utils
 
+from ._devices import shard_map
 from ._models.base import ClosedFormModel, Model, ODEModel
 from . import _batched
 from ._progress import progress_bar
@@ -179,27 +180,15 @@ def _build_sharded_solver(model, solver, max_steps, devices, interpolate=False):
     mesh = jax.sharding.Mesh(np.asarray(devices), ("patients",))
     spec = jax.sharding.PartitionSpec("patients")
     rep = jax.sharding.PartitionSpec()
-    shard_map = getattr(jax, "shard_map", None)
-    # each device runs its own adaptive solves; no replication checking across devices
-    if shard_map is not None:
-        check = {"check_vma": False}
-    else:  # jax < 0.6
-        from jax.experimental.shard_map import shard_map
-
-        check = {"check_rep": False}
 
     def body(theta, et, ed, ee, times, rtol, atol):
         return _solve_batch(
             model, solver, theta, (et, ed, ee), times, rtol, atol, max_steps, interpolate
         )
 
-    fn = shard_map(
-        body,
-        mesh=mesh,
-        in_specs=(spec, spec, spec, spec, rep, rep, rep),
-        out_specs=(spec, spec),
-        **check,
-    )
+    # each device runs its own adaptive solves
+    fn = shard_map(body, mesh, in_specs=(spec, spec, spec, spec, rep, rep, rep),
+                   out_specs=(spec, spec))
     return jax.jit(fn), jax.sharding.NamedSharding(mesh, spec)
 
 

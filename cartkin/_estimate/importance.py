@@ -34,7 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._likelihood import eta_logprior, map_subjects, record_loglik, sigma_layout, sigma_per_endpoint
+from .._devices import over_subjects, pad_subjects, subject_devices
+from .._likelihood import eta_logprior, forward_substitution, map_subjects, record_loglik, sigma_layout, sigma_per_endpoint
 from .._progress import progress_bar
 
 NU = 4.0
@@ -92,7 +93,7 @@ class PsiLayout:
 
 def _mvt_logpdf(x, m, chol, nu):
     d = x.shape[-1]
-    z = jax.scipy.linalg.solve_triangular(chol, (x - m).T, lower=True).T
+    z = forward_substitution(chol, x - m)
     q = jnp.sum(z**2, -1)
     return (
         jax.scipy.special.gammaln((nu + d) / 2) - jax.scipy.special.gammaln(nu / 2)
@@ -133,96 +134,133 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
     grad_prior = jax.grad(prior_moments)
     # the per-draw prior score is affine in (phi, phi phi'): its coefficients once per subject
     prior_coef = jax.jacfwd(grad_prior, argnums=(1, 2))
+
+    @jax.jit
+    def prior_terms(psi):
+        """Per subject: the Cholesky factor of Omega and the coefficients of the per-draw prior
+        score (one device: the sharded programs make no LAPACK call)."""
+        zeros = (jnp.zeros(d), jnp.zeros((d, d)))
+        a0 = jax.vmap(lambda x_i: grad_prior(psi, *zeros, x_i))(X)
+        A1, A2 = jax.vmap(lambda x_i: prior_coef(psi, *zeros, x_i))(X)
+        return jnp.linalg.cholesky(layout.unpack(psi)[1]), (a0, A1, A2)
+
     hess_prior = jax.hessian(prior_moments)
     grad_resid = jax.grad(resid)
     hess_resid = jax.hessian(resid)
 
-    def draws(key, mix, mu, L_pop, M):
-        k1, k2, k3 = jax.random.split(key, 3)
-        mix_m, mix_L, mix_logw = mix
-        N = mix_m.shape[0]
+    def draws(key, mix_i, mu_i, L_pop, M):
+        """M proposal draws for one subject (its own key: the same draws whatever the devices)."""
+        k0, k1, k2, k3 = jax.random.split(key, 4)
+        mix_m, mix_L, mix_logw = mix_i
         # the mixture component of each draw, then t draws: normal / sqrt(chi2_nu / nu), the
         # chi-square as a sum of nu squared normals (nu = 4: 5x cheaper than a gamma draw)
-        comp = jax.random.categorical(jax.random.fold_in(key, 11), mix_logw[:, None, :],
-                                      shape=(N, M))
-        m_sel = jax.vmap(lambda a, c: a[c])(mix_m, comp)  # (N, M, d)
-        L_sel = jax.vmap(lambda a, c: a[c])(mix_L, comp)  # (N, M, d, d)
-        z = jax.random.normal(k1, (N, M, d))
-        g = jnp.sum(jax.random.normal(k2, (N, M, int(NU))) ** 2, -1) / NU
-        from_t = m_sel + jnp.einsum("nmij,nmj->nmi", L_sel, z) / jnp.sqrt(g)[..., None]
+        comp = jax.random.categorical(k0, mix_logw, shape=(M,))
+        z = jax.random.normal(k1, (M, d))
+        g = jnp.sum(jax.random.normal(k2, (M, int(NU))) ** 2, -1) / NU
+        from_t = mix_m[comp] + jnp.einsum("mij,mj->mi", mix_L[comp], z) / jnp.sqrt(g)[:, None]
         # a draw from the defensive component uses the same normals
-        from_p = mu[:, None] + z @ L_pop.T
-        pick_prior = jax.random.uniform(k3, (N, M)) < W_PRIOR
-        return jnp.where(pick_prior[..., None], from_p, from_t)
+        from_p = mu_i + z @ L_pop.T
+        pick_prior = jax.random.uniform(k3, (M,)) < W_PRIOR
+        return jnp.where(pick_prior[:, None], from_p, from_t)
 
     def make_draw(M):
-        @jax.jit
-        def draw(key, psi, mix, data, X):
-            """M proposal draws per subject, their predictions and solver codes, and the
-            proposal's log density (the only part of a chunk that solves the model)."""
-            b, o, _ = layout.unpack(psi)
+        def local(idx, mix_m, mix_L, mix_logw, data, X, key, psi, L_pop):
+            b, _, _ = layout.unpack(psi)
             mu = jnp.einsum("njp,jp->nj", X, b)
-            L_pop = jnp.linalg.cholesky(o)
-            phi = draws(key, mix, mu, L_pop, M)
+            keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
+            phi = jax.vmap(lambda k, m, L, w, mu_i: draws(k, (m, L, w), mu_i, L_pop, M))(
+                keys, mix_m, mix_L, mix_logw, mu)
             f, code = map_subjects(predict_draws, phi, data)
-            lq = jax.vmap(lambda phi_i, mix_i, mu_i: jnp.logaddexp(
-                jnp.log1p(-W_PRIOR) + _mix_logpdf(phi_i, mix_i),
-                jnp.log(W_PRIOR) + eta_logprior(phi_i - mu_i, L_pop)))(phi, mix, mu)
+            lq = jax.vmap(lambda phi_i, m, L, w, mu_i: jnp.logaddexp(
+                jnp.log1p(-W_PRIOR) + _mix_logpdf(phi_i, (m, L, w)),
+                jnp.log(W_PRIOR) + eta_logprior(phi_i - mu_i, L_pop)))(
+                phi, mix_m, mix_L, mix_logw, mu)
             return phi, f, code, lq
+
+        @jax.jit
+        def draw(key, psi, L_pop, idx, mix, data, X):
+            """M proposal draws per subject (``idx``: their subject numbers), their predictions
+            and solver codes, and the proposal's log density (the only part of a chunk that
+            solves the model); subjects split over the devices."""
+            return over_subjects(local, (idx, *mix, data, X), (key, psi, L_pop), devices)
 
         return draw
 
     def make_weigh(louis):
-        @jax.jit
-        def weigh(psi, drawn, data, X):
-            """Per-subject weight sums (and the Louis terms) of drawn parameters at ``psi``: no
-            solve, so draws made at one estimate can be weighed again at a nearby one."""
-            b, o, ls = layout.unpack(psi)
+        def per_subject(phi_i, f, code, lq, mu_i, data_i, a0, A1, A2, ls, L_pop):
+            ok = code == 0
+            lprior = eta_logprior(phi_i - mu_i, L_pop)
+            lr = jax.vmap(lambda fi: resid(ls, fi, data_i))(f)
+            lc = lr + lprior
+            lw = jnp.where(ok & jnp.isfinite(lc), lc - lq, -jnp.inf)
+            fin = jnp.isfinite(lw)
+            lmax = jnp.max(lw)
+            lmax = jnp.where(jnp.isfinite(lmax), lmax, 0.0)
+            w = jnp.exp(lw - lmax)
+            # failed solves per cause (Status codes 1, 2, 3)
+            n_fail = jnp.stack([jnp.sum(code == c) for c in (1, 2, 3)])
+            out = {"lmax": lmax, "W": w.sum(), "W2": jnp.sum(w**2), "n_fail": n_fail,
+                   "best": phi_i[jnp.argmax(lw)], "best_lw": jnp.max(lw)}
+            if louis:
+                gp = a0 + phi_i @ A1.T + jnp.einsum("kij,mi,mj->mk", A2, phi_i, phi_i)
+                f_safe = jnp.where(fin[:, None], f, 1.0)
+                gr = jax.vmap(lambda fi: grad_resid(ls, fi, data_i))(f_safe)
+                hr = jax.vmap(lambda fi: hess_resid(ls, fi, data_i))(f_safe)
+                gall = gp.at[:, layout.size - n_s:].add(gr)
+                gall = jnp.where(fin[:, None], gall, 0.0)
+                hr = jnp.where(fin[:, None, None], hr, 0.0)
+                out.update(
+                    G=w @ gall, GG=jnp.einsum("m,mi,mj->ij", w, gall, gall),
+                    HR=jnp.einsum("m,mij->ij", w, hr), P=w @ phi_i,
+                    PP=jnp.einsum("m,mi,mj->ij", w, phi_i, phi_i),
+                )
+            return out
+
+        def local(phi, f, code, lq, data, X, a0, A1, A2, psi, L_pop):
+            b, _, ls = layout.unpack(psi)
             mu = jnp.einsum("njp,jp->nj", X, b)
-            L_pop = jnp.linalg.cholesky(o)
+            per = jax.vmap(per_subject, in_axes=(0,) * 9 + (None,) * 2)
+            return per(phi, f, code, lq, mu, data, a0, A1, A2, ls, L_pop)
 
-            def per_subject(phi_i, f, code, lq, mu_i, data_i, x_i):
-                ok = code == 0
-                lprior = eta_logprior(phi_i - mu_i, L_pop)
-                lr = jax.vmap(lambda fi: resid(ls, fi, data_i))(f)
-                lc = lr + lprior
-                lw = jnp.where(ok & jnp.isfinite(lc), lc - lq, -jnp.inf)
-                fin = jnp.isfinite(lw)
-                lmax = jnp.max(lw)
-                lmax = jnp.where(jnp.isfinite(lmax), lmax, 0.0)
-                w = jnp.exp(lw - lmax)
-                # failed solves per cause (Status codes 1, 2, 3)
-                n_fail = jnp.stack([jnp.sum(code == c) for c in (1, 2, 3)])
-                out = {"lmax": lmax, "W": w.sum(), "W2": jnp.sum(w**2), "n_fail": n_fail,
-                       "best": phi_i[jnp.argmax(lw)], "best_lw": jnp.max(lw)}
-                if louis:
-                    zeros = (jnp.zeros(d), jnp.zeros((d, d)))
-                    a0 = grad_prior(psi, *zeros, x_i)
-                    A1, A2 = prior_coef(psi, *zeros, x_i)
-                    gp = a0 + phi_i @ A1.T + jnp.einsum("kij,mi,mj->mk", A2, phi_i, phi_i)
-                    f_safe = jnp.where(fin[:, None], f, 1.0)
-                    gr = jax.vmap(lambda fi: grad_resid(ls, fi, data_i))(f_safe)
-                    hr = jax.vmap(lambda fi: hess_resid(ls, fi, data_i))(f_safe)
-                    gall = gp.at[:, layout.size - n_s:].add(gr)
-                    gall = jnp.where(fin[:, None], gall, 0.0)
-                    hr = jnp.where(fin[:, None, None], hr, 0.0)
-                    out.update(
-                        G=w @ gall, GG=jnp.einsum("m,mi,mj->ij", w, gall, gall),
-                        HR=jnp.einsum("m,mij->ij", w, hr), P=w @ phi_i,
-                        PP=jnp.einsum("m,mi,mj->ij", w, phi_i, phi_i),
-                    )
-                return out
-
-            return jax.vmap(per_subject)(*drawn, mu, data, X)
+        @jax.jit
+        def weigh(psi, L_pop, prior, drawn, data, X):
+            """Per-subject weight sums (and the Louis terms) of drawn parameters at ``psi``: no
+            solve, so draws made at one estimate can be weighed again at a nearby one.
+            ``prior``: :func:`prior_terms` of the subjects."""
+            return over_subjects(local, (*drawn, data, X, *prior), (psi, L_pop), devices)
 
         return weigh
 
+    # the subjects are split over the local devices (one core each with host devices); the
+    # per-subject inputs of a chunk are taken from host copies
+    devices = subject_devices() if getattr(predict_draws, "split", False) else jax.devices()[:1]
+    n_dev = len(devices)
     # the top-up chunk: n_top subjects, more draws each (fewer calls)
     n_top = min(N, max(16, N // 16))
     m_top = min(4 * M, M * N // n_top)
     draw, draw_top = make_draw(M), make_draw(m_top)
     weigh = {True: make_weigh(True), False: make_weigh(False)}
     weigh_louis = weigh[True]
+    host = ({k: np.asarray(v) for k, v in data.items()}, np.asarray(X))
+
+    def at_psi(psi):
+        L_pop, prior = prior_terms(psi)
+        return psi, np.asarray(L_pop), jax.tree.map(np.asarray, prior)
+
+    def run_draw(fn, key, at, mix, idx):
+        """``fn``'s draws for the subjects ``idx``, padded to a multiple of the device count."""
+        pidx = pad_subjects(np.asarray(idx), n_dev)
+        data_c, X_c = jax.tree.map(lambda a: a[pidx], host)
+        mix_c = tuple(np.asarray(a)[pidx] for a in mix)
+        return fn(key, at[0], at[1], pidx, mix_c, data_c, X_c), pidx
+
+    def run_weigh(fn, at, drawn, pidx, n):
+        """Per-subject sums of ``drawn`` (subjects ``pidx``) at ``at`` (:func:`at_psi`), the
+        first ``n`` rows."""
+        data_c, X_c = jax.tree.map(lambda a: a[pidx], host)
+        prior = jax.tree.map(lambda a: a[pidx], at[2])
+        return jax.tree.map(lambda a: np.asarray(a)[:n],
+                            fn(at[0], at[1], prior, drawn, data_c, X_c))
 
     @jax.jit
     def expected_hessian(psi, m1, m2, HR):
@@ -286,6 +324,7 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         at the step's end is zero by construction, so it checks nothing)."""
         beta, omega, log_sigma = (jnp.asarray(params[k]) for k in ("beta", "omega", "log_sigma"))
         psi_hat = layout.pack(beta, omega, log_sigma)
+        at = at_psi(psi_hat)
         cov = INFLATE * (jnp.asarray(post_cov) + 1e-8 * jnp.eye(d))
         # floor the proposal at 1% of the population variance so no subject's proposal collapses
         cov = cov + 0.01 * jnp.diag(jnp.diag(omega))[None]
@@ -298,9 +337,6 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
                     np.repeat(np.asarray(L)[:, None], K_MIX, 1),
                     np.full((N, K_MIX), -np.log(K_MIX))]
 
-        def on_device(mix, idx=None):
-            return tuple(jnp.asarray(a if idx is None else a[idx]) for a in mix)
-
         # pass 1: the information and the EBEs from a fixed number of draws
         n_louis = max(1, options.louis_draws // M)
         kept = None
@@ -309,17 +345,17 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         elif reuse is not None and reuse["drawn"] is not None:
             # the draws (and solves) of an earlier pass, weighed at these parameters
             lacc = None
-            for drawn in reuse["drawn"]:
-                lacc = combine(lacc, weigh_louis(psi_hat, drawn, data, X))
+            for drawn, pidx in reuse["drawn"]:
+                lacc = combine(lacc, run_weigh(weigh_louis, at, drawn, pidx, N))
             kept = reuse["drawn"]
         else:
             lacc, kept = None, [] if N * n_louis * M * T <= KEEP_VALUES else None
             for c in range(n_louis):
-                drawn = draw(jax.random.fold_in(key, 10**6 + c), psi_hat,
-                             on_device(single(m_q, L_q)), data, X)
-                lacc = combine(lacc, weigh_louis(psi_hat, drawn, data, X))
+                drawn, pidx = run_draw(draw, jax.random.fold_in(key, 10**6 + c), at,
+                                       single(m_q, L_q), np.arange(N))
+                lacc = combine(lacc, run_weigh(weigh_louis, at, drawn, pidx, N))
                 if kept is not None:
-                    kept.append(drawn)
+                    kept.append((drawn, pidx))
         ebe, epp, ebe_cov = weighted_moments(lacc)
         # adapt the proposal to the weighted moments of pass 1
         ess1 = lacc["W"] ** 2 / lacc["W2"]
@@ -338,11 +374,9 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
             acc, m_total, c = None, np.zeros(N), 0
             w_fn = weigh[fresh_information]
 
-            def chunk_plain(key, psi, mix, data, X):
-                return w_fn(psi, draw(key, psi, mix, data, X), data, X)
-
-            def chunk_top(key, psi, mix, data, X):
-                return w_fn(psi, draw_top(key, psi, mix, data, X), data, X)
+            def chunk(fn, key, idx):
+                drawn, pidx = run_draw(fn, key, at, mix, idx)
+                return run_weigh(w_fn, at, drawn, pidx, len(idx))
 
             with progress_bar(None, "importance sampling (-2LL SE)", progress) as adv:
                 while True:
@@ -350,7 +384,7 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
                     c += 1
                     needy = m_total < options.min_draws
                     if acc is None or needy.sum() > n_top:
-                        acc = combine(acc, chunk_plain(kc, psi_hat, on_device(mix), data, X))
+                        acc = combine(acc, chunk(draw, kc, np.arange(N)))
                         m_total = m_total + M
                     else:
                         v = np.minimum(var_log(acc, m_total), 1e6)
@@ -365,15 +399,14 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
                             break  # the draw budget of every subject that matters is spent
                         if (needy.any() or g_top[top].sum() / (n_top * m_top + 4000)
                                 > gain_all / (N * M + 4000)):
-                            new = chunk_top(kc, psi_hat, on_device(mix, top),
-                                            jax.tree.map(lambda a: a[top], data), X[top])
+                            new = chunk(draw_top, kc, top)
                             # a chunk has n_top rows; rows of subjects at their cap are dropped
                             keep = g_top[top] > 0
                             new = jax.tree.map(lambda a: np.asarray(a)[keep], new)
                             acc = combine(acc, scatter(acc, new, top[keep]))
                             m_total[top[keep]] += m_top
                         else:
-                            acc = combine(acc, chunk_plain(kc, psi_hat, on_device(mix), data, X))
+                            acc = combine(acc, chunk(draw, kc, np.arange(N)))
                             m_total = m_total + M
                     # a second region: one draw holds a large share of a subject's weights and
                     # lies more than 2 proposal SDs from every component
