@@ -1,4 +1,4 @@
-"""Importance sampling split over several host devices gives what one device gives."""
+"""SAEM and importance sampling split over several host devices give what one device gives."""
 
 import json
 import os
@@ -45,6 +45,16 @@ CHILD = textwrap.dedent(
                       target_se=0.01))
         out[form] = {"m2ll": res["m2ll"], "loglik_i": res["loglik_i"].tolist(),
                      "info": res["info"].tolist(), "ebe": res["ebe"].tolist()}
+    # a whole fit of the ODE form (SAEM's E-step is split too), short schedules
+    from cartkin._estimate.fit import fit
+    from cartkin._estimate.saem import SAEMOptions
+    stat = StatModel(get_model("stein2019ode"), (Endpoint("C", 1, "log_additive"),),
+                     iiv=("foldx", "Tmax", "Cmax", "alpha"), fixed={"Fexp": 1.0})
+    res = fit(stat, fitdata_from_dataset(ds, stat), saem=SAEMOptions(k1=30, k2=20, block=10),
+              importance=ISOptions(min_draws=250, max_draws=500, louis_draws=250),
+              polish=1, progress=False)
+    out["fit"] = {"beta": res.estimates["beta"].tolist(), "omega": res.estimates["omega"].tolist(),
+                  "m2ll": res.m2ll}
     print("RESULT " + json.dumps(out))
     """
 )
@@ -60,9 +70,10 @@ def _run(devices: int) -> dict:
     return json.loads(line[-1][len("RESULT "):])
 
 
-def test_importance_sampling_split_over_devices_matches_one_device():
+def test_fit_split_over_devices_matches_one_device():
     """Per-subject random streams: the same draws whatever the device count, so the -2LL, each
-    subject's log-likelihood, the Louis information and the EBEs agree to rounding; the run
+    subject's log-likelihood, the Louis information and the EBEs agree to rounding, and so do a
+    whole fit's estimates (SAEM chains, polishing step, -2LL); the run
     finishing within the timeout guards against the host-device deadlock of LAPACK calls
     inside sharded programs."""
     one, two = _run(1), _run(2)
@@ -73,3 +84,5 @@ def test_importance_sampling_split_over_devices_matches_one_device():
         np.testing.assert_allclose(b["loglik_i"], a["loglik_i"], rtol=1e-10, atol=1e-9)
         np.testing.assert_allclose(b["info"], a["info"], rtol=1e-8, atol=1e-8)
         np.testing.assert_allclose(b["ebe"], a["ebe"], rtol=1e-10, atol=1e-10)
+    for k in ("beta", "omega", "m2ll"):
+        np.testing.assert_allclose(two["fit"][k], one["fit"][k], rtol=1e-8, atol=1e-10)

@@ -120,7 +120,8 @@ def fit(
             beta0[:, 0] += np.random.default_rng(saem.seed + s_idx).normal(0.0, 0.5, d)
         state = init_fn(beta0, np.diag(om), np.log(np.asarray(sig0, float)))
         state["key"] = jax.random.fold_in(state["key"], s_idx)
-        bad = ~np.asarray(state["ok"])
+        state["sub"] = jax.random.fold_in(state["sub"], s_idx)
+        bad = ~np.asarray(state["ok"])[: data.n_subjects]
         if bad.any():
             ids = data.ids[bad][:10].tolist()
             where = "the initial values" if s_idx == 0 else f"start {s_idx + 1}'s initial values"

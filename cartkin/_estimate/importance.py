@@ -30,12 +30,20 @@ From the same weighted draws:
 from __future__ import annotations
 
 import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .._devices import over_subjects, pad_subjects, subject_devices
-from .._likelihood import eta_logprior, forward_substitution, map_subjects, record_loglik, sigma_layout, sigma_per_endpoint
+from .._likelihood import (
+    eta_logprior,
+    forward_substitution,
+    map_subjects,
+    record_loglik,
+    sigma_layout,
+    sigma_per_endpoint,
+)
 from .._progress import progress_bar
 
 NU = 4.0
