@@ -1,7 +1,6 @@
 """Parameter recovery on a cohort simulated with known truth (Stein 2019, realistic schedule,
 BLQ censored by M3), and the fit's errors and run folder as a user meets them."""
 
-import json
 import subprocess
 import sys
 
