@@ -27,9 +27,12 @@ def shard_map(fn, mesh, in_specs, out_specs):
     return _shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, **_NO_CHECK)
 
 
-def subject_devices() -> list:
-    """The devices a fit splits its subjects over: the local ones, in a single-process run."""
-    return jax.local_devices() if jax.process_count() == 1 else jax.local_devices()[:1]
+def subject_devices(split: bool = True) -> list:
+    """The devices a fit splits its subjects over: the local ones in a single-process run, one
+    device when ``split`` is false (a computation that must not be split)."""
+    if split and jax.process_count() == 1:
+        return jax.local_devices()
+    return jax.local_devices()[:1]
 
 
 def pad_subjects(tree, n_dev: int):

@@ -88,6 +88,17 @@ class FitData:
         )
 
 
+def residual_sd(kind_codes, f, sigma_add, sigma_prop):
+    """SD of each record's residual on its normal scale (the log scale for log-additive records)
+    at prediction f: the one formula of the likelihood, the sdtab and simulated replicates."""
+    return jnp.where(
+        (kind_codes == 0) | (kind_codes == 1),
+        sigma_add,
+        jnp.where(kind_codes == 2, sigma_prop * jnp.abs(f),
+                  jnp.sqrt(sigma_add**2 + (sigma_prop * f) ** 2)),
+    )
+
+
 def residual_loglik(kind_codes, y, f, cens, limit, sigma_add, sigma_prop, mask):
     """Log-likelihood of each record given the prediction f (M3 for censored records).
 
@@ -99,12 +110,7 @@ def residual_loglik(kind_codes, y, f, cens, limit, sigma_add, sigma_prop, mask):
     m = jnp.where(is_log, jnp.log(jnp.maximum(safe_f, 1e-300)), safe_f)
     yy = jnp.where(is_log, jnp.log(jnp.where(mask & (y > 0), y, 1.0)), y)
     lim = jnp.where(is_log, jnp.log(jnp.where(mask & (limit > 0), limit, 1.0)), limit)
-    sd = jnp.where(
-        (kind_codes == 0) | (kind_codes == 1),
-        sigma_add,
-        jnp.where(kind_codes == 2, sigma_prop * jnp.abs(safe_f),
-                  jnp.sqrt(sigma_add**2 + (sigma_prop * safe_f) ** 2)),
-    )
+    sd = residual_sd(kind_codes, safe_f, sigma_add, sigma_prop)
     z_obs = (yy - m) / sd
     ll_obs = -0.5 * z_obs**2 - jnp.log(sd) - 0.5 * jnp.log(2 * jnp.pi)
     z_lim = (lim - m) / sd

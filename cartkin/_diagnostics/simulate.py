@@ -4,8 +4,8 @@ For the VPC, the NPDE and posterior predictive checks. Each replicate keeps the 
 sampling times, doses, covariates, endpoints) and draws new random effects
 eta_i ~ N(0, Omega) (or takes given individual parameters), predicts with
 :func:`cartkin._likelihood.make_predictor`, and adds residual error on the scale where it is
-normal. The residual SD of each record is read off :func:`cartkin._likelihood.residual_loglik`
-itself (at y = f its log-density is -log SD - log(2 pi)/2), so the simulation and the likelihood
+normal. The residual SD of each record is :func:`cartkin._likelihood.residual_sd`, the function
+:func:`cartkin._likelihood.residual_loglik` itself uses, so the simulation and the likelihood
 cannot disagree about the error model.
 
 Censoring: a simulated value below the record's LLOQ is below the limit of quantification, as in
@@ -29,11 +29,8 @@ from .._likelihood import (
     data_arrays,
     kind_codes,
     make_predictor,
-    residual_loglik,
+    residual_sd,
 )
-
-LOG2PI_HALF = 0.5 * np.log(2 * np.pi)
-
 
 DEFAULT_SETTINGS = SolverSettings()
 
@@ -46,17 +43,6 @@ def normal_scale(values, codes):
 
 def from_normal_scale(h, codes):
     return jnp.where(codes == 0, jnp.exp(h), h)
-
-
-def residual_sd(codes, f, sigma_add, sigma_prop):
-    """SD of each record's residual on its normal scale, from ``residual_loglik`` at y = f."""
-    f = jnp.asarray(f)
-    y = jnp.where((codes == 0) & ~(f > 0), 1.0, f)
-    ones = jnp.ones_like(y)
-    ll = residual_loglik(
-        codes, y, y, jnp.zeros(y.shape, int), ones, sigma_add, sigma_prop, jnp.ones(y.shape, bool)
-    )
-    return jnp.exp(-ll - LOG2PI_HALF)
 
 
 def sigma_per_endpoint(stat: StatModel, log_sigma):

@@ -167,7 +167,7 @@ def fit(
         # to 3 times, on reweighted draws only) before giving up
         t_step = time.perf_counter()
         better, t = False, 1.0
-        for attempt in range(4):
+        for _ in range(4):
             new = _polished_params(res, cov, t)
             if new is None:
                 break

@@ -241,7 +241,7 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
 
     # the subjects are split over the local devices (one core each with host devices); the
     # per-subject inputs of a chunk are taken from host copies
-    devices = subject_devices() if getattr(predict_draws, "split", False) else jax.devices()[:1]
+    devices = subject_devices(getattr(predict_draws, "split", False))
     n_dev = len(devices)
     # the top-up chunk: n_top subjects, more draws each (fewer calls)
     n_top = min(N, max(16, N // 16))
@@ -251,21 +251,26 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
     weigh_louis = weigh[True]
     host = ({k: np.asarray(v) for k, v in data.items()}, np.asarray(X))
 
+    def subset(idx):
+        """The subjects ``idx`` padded to a multiple of the device count: (their count, padded
+        subject numbers, data, X)."""
+        pidx = pad_subjects(np.asarray(idx), n_dev)
+        return (len(idx), pidx, *jax.tree.map(lambda a: a[pidx], host))
+
+    everyone = subset(np.arange(N))
+
     def at_psi(psi):
         L_pop, prior = prior_terms(psi)
         return psi, np.asarray(L_pop), jax.tree.map(np.asarray, prior)
 
-    def run_draw(fn, key, at, mix, idx):
-        """``fn``'s draws for the subjects ``idx``, padded to a multiple of the device count."""
-        pidx = pad_subjects(np.asarray(idx), n_dev)
-        data_c, X_c = jax.tree.map(lambda a: a[pidx], host)
-        mix_c = tuple(np.asarray(a)[pidx] for a in mix)
-        return fn(key, at[0], at[1], pidx, mix_c, data_c, X_c), pidx
+    def run_draw(fn, key, at, mix, sub):
+        """``fn``'s draws for the subjects of ``sub`` (:func:`subset`)."""
+        _, pidx, data_c, X_c = sub
+        return fn(key, at[0], at[1], pidx, tuple(np.asarray(a)[pidx] for a in mix), data_c, X_c)
 
-    def run_weigh(fn, at, drawn, pidx, n):
-        """Per-subject sums of ``drawn`` (subjects ``pidx``) at ``at`` (:func:`at_psi`), the
-        first ``n`` rows."""
-        data_c, X_c = jax.tree.map(lambda a: a[pidx], host)
+    def run_weigh(fn, at, drawn, sub):
+        """Per-subject sums of ``drawn`` (the subjects of ``sub``) at ``at`` (:func:`at_psi`)."""
+        n, pidx, data_c, X_c = sub
         prior = jax.tree.map(lambda a: a[pidx], at[2])
         return jax.tree.map(lambda a: np.asarray(a)[:n],
                             fn(at[0], at[1], prior, drawn, data_c, X_c))
@@ -353,17 +358,17 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         elif reuse is not None and reuse["drawn"] is not None:
             # the draws (and solves) of an earlier pass, weighed at these parameters
             lacc = None
-            for drawn, pidx in reuse["drawn"]:
-                lacc = combine(lacc, run_weigh(weigh_louis, at, drawn, pidx, N))
+            for drawn in reuse["drawn"]:
+                lacc = combine(lacc, run_weigh(weigh_louis, at, drawn, everyone))
             kept = reuse["drawn"]
         else:
             lacc, kept = None, [] if N * n_louis * M * T <= KEEP_VALUES else None
             for c in range(n_louis):
-                drawn, pidx = run_draw(draw, jax.random.fold_in(key, 10**6 + c), at,
-                                       single(m_q, L_q), np.arange(N))
-                lacc = combine(lacc, run_weigh(weigh_louis, at, drawn, pidx, N))
+                drawn = run_draw(draw, jax.random.fold_in(key, 10**6 + c), at, single(m_q, L_q),
+                                 everyone)
+                lacc = combine(lacc, run_weigh(weigh_louis, at, drawn, everyone))
                 if kept is not None:
-                    kept.append((drawn, pidx))
+                    kept.append(drawn)
         ebe, epp, ebe_cov = weighted_moments(lacc)
         # adapt the proposal to the weighted moments of pass 1
         ess1 = lacc["W"] ** 2 / lacc["W2"]
@@ -382,9 +387,8 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
             acc, m_total, c = None, np.zeros(N), 0
             w_fn = weigh[fresh_information]
 
-            def chunk(fn, key, idx):
-                drawn, pidx = run_draw(fn, key, at, mix, idx)
-                return run_weigh(w_fn, at, drawn, pidx, len(idx))
+            def chunk(fn, key, sub):
+                return run_weigh(w_fn, at, run_draw(fn, key, at, mix, sub), sub)
 
             with progress_bar(None, "importance sampling (-2LL SE)", progress) as adv:
                 while True:
@@ -392,7 +396,7 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
                     c += 1
                     needy = m_total < options.min_draws
                     if acc is None or needy.sum() > n_top:
-                        acc = combine(acc, chunk(draw, kc, np.arange(N)))
+                        acc = combine(acc, chunk(draw, kc, everyone))
                         m_total = m_total + M
                     else:
                         v = np.minimum(var_log(acc, m_total), 1e6)
@@ -407,14 +411,14 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
                             break  # the draw budget of every subject that matters is spent
                         if (needy.any() or g_top[top].sum() / (n_top * m_top + 4000)
                                 > gain_all / (N * M + 4000)):
-                            new = chunk(draw_top, kc, top)
+                            new = chunk(draw_top, kc, subset(top))
                             # a chunk has n_top rows; rows of subjects at their cap are dropped
                             keep = g_top[top] > 0
                             new = jax.tree.map(lambda a: np.asarray(a)[keep], new)
                             acc = combine(acc, scatter(acc, new, top[keep]))
                             m_total[top[keep]] += m_top
                         else:
-                            acc = combine(acc, chunk(draw, kc, np.arange(N)))
+                            acc = combine(acc, chunk(draw, kc, everyone))
                             m_total = m_total + M
                     # a second region: one draw holds a large share of a subject's weights and
                     # lies more than 2 proposal SDs from every component

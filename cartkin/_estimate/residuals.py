@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from .._likelihood import kind_codes, sigma_per_endpoint
+from .._likelihood import kind_codes, residual_sd, sigma_per_endpoint
 
 FD_STEP = 1e-3
 
@@ -50,8 +50,7 @@ def sdtab(stat, predict_one, arrays, data, X, params, ebe, *, predict_draws=None
         J = ((fp - fm) / (2 * FD_STEP)).T  # (T, d)
         c = jnp.asarray(codes)[ep]
         s_add, s_prop = jnp.asarray(sa)[ep], jnp.asarray(sp)[ep]
-        sd = jnp.where((c == 0) | (c == 1), s_add,
-                       jnp.where(c == 2, s_prop * jnp.abs(ipred), jnp.sqrt(s_add**2 + (s_prop * ipred) ** 2)))
+        sd = residual_sd(c, ipred, s_add, s_prop)
         y = h(jnp.where(data_i["mask"], data_i["dv"], 1.0))
         use = data_i["mask"] & (data_i["cens"] == 0)
         mean = h(ipred) + J @ (mu_i - phi_hat)

@@ -58,7 +58,7 @@ def make_saem(stat, predict_draws, data, X, options: SAEMOptions, codes):
     # form 1.8 -> 2.4 s (each iteration's transfers cost more than its E-step saves)
     solver_loops = getattr(predict_draws, "lanes", None) is not None
     split_ok = getattr(predict_draws, "split", False) and solver_loops
-    devices = subject_devices() if split_ok else jax.devices()[:1]
+    devices = subject_devices(split_ok)
     n_dev = len(devices)
     one = devices[0]
     # the subjects' arrays padded to a multiple of the device count (copies of the last subject,
