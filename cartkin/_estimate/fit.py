@@ -174,9 +174,10 @@ def fit(
             # (a long step, from a decrement above 2, gets fresh draws at once)
             reused = res["drawn"] is not None and decrement < 2.0
             res_new = sample(new, res["ebe"], res["ebe_cov"], progress, m2ll=False,
-                             reuse=res if reused else None)
+                             reuse=res if reused else None, modes=res["modes"])
             if reused and res_new["ess"].min() < 0.5 * res["ess"].min():
-                res_new = sample(new, res["ebe"], res["ebe_cov"], progress, m2ll=False)
+                res_new = sample(new, res["ebe"], res["ebe_cov"], progress, m2ll=False,
+                                 modes=res["modes"])
                 reused = False
             cov_new, cond_new, dec_new = _newton(res_new)
             better = dec_new < decrement
@@ -198,7 +199,7 @@ def fit(
     accepted = [h for h in history if h.get("accepted")]
     last_reweighted = bool(accepted) and accepted[-1]["draws"] == "reweighted"
     res = sample(params, res["ebe"], res["ebe_cov"], progress, first_pass=res,
-                 fresh_information=last_reweighted)
+                 fresh_information=last_reweighted, modes=res["modes"])
     timings["m2ll_step_s"] = time.perf_counter() - t_final
     cov, cond, decrement = _newton(res)
     history.append({"step": "final", "m2ll": res["m2ll"], "m2ll_se": res["m2ll_se"],
@@ -209,7 +210,8 @@ def fit(
     new = _polished_params(res, cov) if last_reweighted and 0.5 <= decrement < np.inf else None
     if new is not None:
         t_extra = time.perf_counter()
-        res_new = sample(new, res["ebe"], res["ebe_cov"], progress, fresh_information=True)
+        res_new = sample(new, res["ebe"], res["ebe_cov"], progress, fresh_information=True,
+                         modes=res["modes"])
         cov_new, cond_new, dec_new = _newton(res_new)
         better = dec_new < decrement
         history.append({"step": "after check", "m2ll": res_new["m2ll"],
@@ -259,6 +261,7 @@ def fit(
         "starts": [{"start": r["start"], "initial_phi": r["init"],
                     "m2ll_first_pass": r["m2ll_first_pass"], "chosen": r is best} for r in runs],
         "min_subject_ess": float(res["ess"].min()),
+        "multimodal_subjects": data.ids[res["multimodal"]].tolist(),
     }
     fails = failure_table(data.ids, np.asarray(res["failed_draws"]), np.asarray(res["draws_i"]))
     ebe = ebe_frame(stat, data, res, X, params)
@@ -417,5 +420,7 @@ def ebe_frame(stat, data, res, X, params) -> pd.DataFrame:
         df[f"ETA{j + 1}"] = res["ebe"][:, j] - mu[:, j]
         df[f"ETA{j + 1}_sd"] = res["ebe_sd"][:, j]
     df["ess"] = res["ess"]
+    # a second conditional mode found by the mode search (the proposal is then a mixture)
+    df["multimodal"] = res["multimodal"]
     df["loglik"] = res["loglik_i"]
     return df
