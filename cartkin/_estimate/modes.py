@@ -13,8 +13,11 @@ way. The two fits' -2LL differed by 84 units at equal estimates.
 
 The search: per subject, Levenberg-Marquardt ascent of log p(y_i | phi) + log p(phi | mu_i,
 Omega) from ``2 + 4 d`` starts: the chain's mean, mu_i, and the chain's mean with one coordinate
-moved to mu_ij -2, -1, +1 or +2 IIV SDs. Derivatives of the predictions come from forward mode
-(one jvp with d tangents per iteration: no reverse pass through a solver loop); the curvature is
+moved to mu_ij -2, -1, +1 or +2 IIV SDs. Derivatives of the predictions are forward differences
+(each iteration one batched solve of every point and its d neighbours, as importance sampling's
+draws are solved): measured on the Stein ODE form, 20 subjects x 26 starts, a jvp with d
+tangents through the batched Rosenbrock solver took 6.0 s to compile and 69 ms to run, the
+d + 1 solves 1.0 s and 26 ms. The curvature is
 the generalised Gauss-Newton one, J' |d2 l / d eta2| J + Omega^-1, where eta is a record's
 prediction on its error scale (log f for log-additive errors). A step is kept only where it
 raises the log density, so the approximate curvature costs iterations, not correctness. All
@@ -31,6 +34,7 @@ from .._devices import over_subjects
 from .._likelihood import eta_logprior, forward_substitution, map_subjects, record_loglik
 
 MOVES = (-2.0, -1.0, 1.0, 2.0)  # start offsets along each coordinate, in IIV SDs
+FD_STEP = 1e-3  # forward-difference step on phi (log / logit scale)
 
 
 def cholesky_unrolled(A):
@@ -102,57 +106,45 @@ def make_mode_search(predict_draws, d: int, codes, n_iter: int, devices):
                 moved.append(start.at[:, j].set(mu[:, j] + c * sd[j]))
         phi0 = jnp.stack([start, mu] + moved, axis=1)  # (n, S, d)
 
-        def eta_fn(p):
-            f, code = map_subjects(predict_draws, p, data)
-            return jax.vmap(jax.vmap(to_eta, (0, None)))(f, data), code
+        eye = FD_STEP * jnp.eye(d)
 
-        def logjoint(p, eta, code):
-            ll = jax.vmap(jax.vmap(lambda e, di: record_terms(e, di, sa, sp)[0], (0, None)))(
-                eta, data)
-            lj = ll + eta_logprior(p - mu[:, None, :], L)
-            return jnp.where((code == 0) & jnp.isfinite(lj), lj, -jnp.inf)
-
-        def value(p):
-            eta, code = eta_fn(p)
-            return logjoint(p, eta, code)
-
-        basis = jnp.eye(d)[:, None, None, :] * jnp.ones((d, n, S, 1))
-
-        def curvature(p):
-            """log density, gradient and Gauss-Newton curvature at p (n, S, d)."""
-            eta, J, code = jax.vmap(
-                lambda t: jax.jvp(eta_fn, (p,), (t,), has_aux=True), out_axes=(None, 0, None)
-            )(basis)
-            J = jnp.moveaxis(J, 0, -1)  # (n, S, T, d)
-            _, g, h = jax.vmap(jax.vmap(lambda e, di: record_terms(e, di, sa, sp), (0, None)))(
-                eta, data)
+        def evaluate(p):
+            """log density, gradient and Gauss-Newton curvature at p (n, S, d): one batched
+            solve of each point and its d forward-difference neighbours."""
+            pp = jnp.concatenate([p[:, :, None, :], p[:, :, None, :] + eye], axis=2)
+            f, code = map_subjects(predict_draws, pp.reshape(n, S * (d + 1), d), data)
+            eta = jax.vmap(jax.vmap(to_eta, (0, None)))(f, data).reshape(n, S, d + 1, -1)
+            code = code.reshape(n, S, d + 1)
+            J = jnp.swapaxes(eta[:, :, 1:] - eta[:, :, :1], -1, -2) / FD_STEP  # (n, S, T, d)
+            ll, g, h = jax.vmap(jax.vmap(lambda e, di: record_terms(e, di, sa, sp), (0, None)))(
+                eta[:, :, 0], data)
             dev = p - mu[:, None, :]
+            lj = ll + eta_logprior(dev, L)
+            lj = jnp.where(jnp.all(code == 0, -1) & jnp.isfinite(lj), lj, -jnp.inf)
             grad = jnp.einsum("nstd,nst->nsd", J, g) - dev @ oinv.T
             H = jnp.einsum("nstd,nst,nste->nsde", J, jnp.abs(h), J) + oinv
-            return logjoint(p, eta, code), grad, H
+            return lj, grad, H
 
         def step(_, carry):
-            p, lj, lam, _ = carry
-            lj_now, grad, H = curvature(p)
-            lj = jnp.where(jnp.isfinite(lj_now), lj_now, lj)
+            p, lj, grad, H, lam = carry
             damped = H + lam[..., None, None] * jnp.diag(jnp.ones(d)) * jnp.diagonal(
                 H, axis1=-2, axis2=-1)[..., None, :]
             delta = jax.vmap(jax.vmap(spd_solve))(damped, grad)
             # no step longer than 2 IIV SDs in any coordinate
             delta = delta / jnp.maximum(1.0, jnp.max(jnp.abs(delta) / (2 * sd), -1))[..., None]
             trial = p + delta
-            lj_t = value(trial)
-            ok = (lj_t > lj) & jnp.all(jnp.isfinite(delta), -1)
-            p = jnp.where(ok[..., None], trial, p)
-            lj = jnp.where(ok, lj_t, lj)
-            lam = jnp.clip(jnp.where(ok, lam / 3, lam * 4), 1e-6, 1e6)
-            return p, lj, lam, H
+            lj_t, grad_t, H_t = evaluate(trial)
+            ok = (lj_t > lj) & jnp.all(jnp.isfinite(delta), -1) & jnp.all(jnp.isfinite(grad_t), -1)
 
-        lj0 = value(phi0)
-        H0 = jnp.broadcast_to(oinv, (n, S, d, d))
-        p, _, _, _ = jax.lax.fori_loop(0, n_iter, step, (phi0, lj0, jnp.full((n, S), 1e-2), H0))
-        # at the end point: its curvature and Newton decrement g' H^-1 g / 2 (small at a mode)
-        lj, grad, H = curvature(p)
+            def keep(new, old):
+                return jnp.where(ok.reshape(ok.shape + (1,) * (new.ndim - 2)), new, old)
+
+            lam = jnp.clip(jnp.where(ok, lam / 3, lam * 4), 1e-6, 1e6)
+            return keep(trial, p), keep(lj_t, lj), keep(grad_t, grad), keep(H_t, H), lam
+
+        carry = (phi0, *evaluate(phi0), jnp.full((n, S), 1e-2))
+        p, lj, grad, H, _ = jax.lax.fori_loop(0, n_iter, step, carry)
+        # the Newton decrement g' H^-1 g / 2 at the end point (small at a mode)
         dec = 0.5 * jnp.sum(grad * jax.vmap(jax.vmap(spd_solve))(H, grad), -1)
         return p, lj, H, jnp.where(jnp.isfinite(dec), dec, jnp.inf)
 
@@ -168,15 +160,17 @@ def mixture_from_modes(phi, lj, H, dec, m0, L0, omega, k_max: int, inflate: floa
                        window: float = 8.0, converged: float = 0.01, min_share: float = 1e-3):
     """Per subject, proposal components at the modes the search found (numpy, on the host).
 
-    An end point is a mode when its Newton decrement is below ``converged``. A mode enters when
-    its log density is within ``window`` of the subject's best, it lies more than 2 of its own
-    SDs (Mahalanobis) from the modes already taken and more than 2 SDs of the chain's component
-    (m0, L0) from its mean, and it holds at least ``min_share`` of the modes' Laplace mass
-    (leaving it out would cost the subject's log-likelihood less than that). Returns (means
-    (N, k_max, d), Cholesky factors (N, k_max, d, d), log weights (N, k_max), number of
-    components (N,)): slot 0 is the chain's component; each mode
-    component's weight is 0.9 x its share of the modes' Laplace mass (at least 0.05), the chain's
-    component keeps the rest (at least 0.1). A subject with no such mode keeps one component.
+    An end point is a mode when its Newton decrement is below ``converged``. The end point of
+    the chain's start stands for the chain's component whether or not it converged (the Stein
+    model's mode often sits on its kink at Tmax, where the decrement does not fall). A mode gets a
+    component when its log density is within ``window`` of the subject's best, it lies more than
+    2 of its own SDs (Mahalanobis) from the points already taken and more than 2 SDs of the
+    chain's component (m0, L0) from its mean, and it holds at least ``min_share`` of the Laplace
+    mass of the points taken (leaving it out would cost the subject's log-likelihood less than
+    that). Returns (means (N, k_max, d), Cholesky factors (N, k_max, d, d), log weights
+    (N, k_max), number of components (N,)): slot 0 is the chain's component; each mode
+    component's weight is its mass share (at least 0.05; at most 0.9 in all), the chain's
+    component keeps the rest. A subject with no such mode keeps one component.
     """
     N, S, d = phi.shape
     means = np.repeat(np.asarray(m0)[:, None], k_max, 1)
@@ -185,10 +179,13 @@ def mixture_from_modes(phi, lj, H, dec, m0, L0, omega, k_max: int, inflate: floa
     logw[:, 0] = 0.0
     n_comp = np.ones(N, int)
     floor = 0.01 * np.diag(np.diag(omega))
-    lj = np.where(np.isfinite(lj) & (dec < converged), lj, -np.inf)
-    best = np.max(lj, axis=1)
-    for i in np.flatnonzero(np.isfinite(best)):
-        order = [s for s in np.argsort(-lj[i]) if lj[i, s] >= best[i] - window]
+    finite = np.isfinite(lj)
+    conv = finite & (dec < converged)
+    best = np.max(np.where(finite, lj, -np.inf), axis=1)
+    for i in np.flatnonzero(conv.any(1)):
+        order = [0] if finite[i, 0] else []
+        order += [s for s in np.argsort(-lj[i])
+                  if s != 0 and conv[i, s] and lj[i, s] >= best[i] - window]
         taken, mass = [], []
         for s in order:
             x, Hs = phi[i, s], H[i, s]
@@ -197,12 +194,15 @@ def mixture_from_modes(phi, lj, H, dec, m0, L0, omega, k_max: int, inflate: floa
             taken.append(s)
             sign, logdet = np.linalg.slogdet(Hs)
             mass.append(lj[i, s] - 0.5 * logdet if sign > 0 else -np.inf)
-        # modes away from the chain's component
-        z = [np.linalg.solve(L0[i], phi[i, s] - m0[i]) for s in taken]
         mass = np.asarray(mass)
         share = np.exp(mass - np.logaddexp.reduce(mass))
-        extra = [(s, sh) for s, zz, sh in zip(taken, z, share, strict=True)
-                 if zz @ zz > 4.0 and sh >= min_share][: k_max - 1]
+        # converged modes away from the chain's component
+        extra = []
+        for s, sh in zip(taken, share, strict=True):
+            z = np.linalg.solve(L0[i], phi[i, s] - m0[i])
+            if s != 0 and z @ z > 4.0 and sh >= min_share:
+                extra.append((s, sh))
+        extra = extra[: k_max - 1]
         if not extra:
             continue
         w = []
@@ -210,7 +210,7 @@ def mixture_from_modes(phi, lj, H, dec, m0, L0, omega, k_max: int, inflate: floa
             cov = inflate * np.linalg.inv(H[i, s]) + floor
             means[i, k] = phi[i, s]
             chols[i, k] = np.linalg.cholesky(0.5 * (cov + cov.T))
-            w.append(max(0.05, 0.9 * sh))
+            w.append(max(0.05, sh))
         w = np.asarray(w)
         if w.sum() > 0.9:
             w = 0.9 * w / w.sum()
