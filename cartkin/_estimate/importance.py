@@ -373,7 +373,9 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         # components at conditional modes away from the chain's (a multimodal subject): slot 0
         # is this call's chain component, the others come from the search
         if modes is None and search is not None:
-            modes = find_modes(beta, omega, log_sigma, m_q, L_q)
+            with progress_bar(1, "conditional-mode search", progress) as adv:
+                modes = find_modes(beta, omega, log_sigma, m_q, L_q)
+                adv(1, f"{int((modes[3] > 1).sum())} subjects with more than one mode")
         if modes is None:
             modes = (*single(m_q, L_q), np.ones(N, int))
         n_comp = modes[3].copy()
