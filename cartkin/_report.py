@@ -346,6 +346,11 @@ def make_report(
                 ),
                 ("smallest subject ESS (importance sampling)", _fmt(conv.get("min_subject_ess"))),
                 (
+                    "subjects with Pareto k > 0.7 (importance weights too heavy-tailed to trust)",
+                    _fmt(len(conv["pareto_k_above_0.7"])) if "pareto_k_above_0.7" in conv
+                    else "",
+                ),
+                (
                     "subjects with several conditional modes (mixture proposal)",
                     _fmt(len(conv["multimodal_subjects"])) if "multimodal_subjects" in conv
                     else "",

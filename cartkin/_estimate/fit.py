@@ -262,6 +262,7 @@ def fit(
                     "m2ll_first_pass": r["m2ll_first_pass"], "chosen": r is best} for r in runs],
         "min_subject_ess": float(res["ess"].min()),
         "multimodal_subjects": data.ids[res["multimodal"]].tolist(),
+        "pareto_k_above_0.7": data.ids[res["pareto_k"] > 0.7].tolist(),
     }
     fails = failure_table(data.ids, np.asarray(res["failed_draws"]), np.asarray(res["draws_i"]))
     ebe = ebe_frame(stat, data, res, X, params)
@@ -422,5 +423,7 @@ def ebe_frame(stat, data, res, X, params) -> pd.DataFrame:
     df["ess"] = res["ess"]
     # a second conditional mode found by the mode search (the proposal is then a mixture)
     df["multimodal"] = res["multimodal"]
+    # PSIS's k-hat of the subject's weights in the -2LL pass (above 0.7: its estimate unreliable)
+    df["pareto_k"] = res["pareto_k"]
     df["loglik"] = res["loglik_i"]
     return df

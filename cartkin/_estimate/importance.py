@@ -215,7 +215,7 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
             # failed solves per cause (Status codes 1, 2, 3)
             n_fail = jnp.stack([jnp.sum(code == c) for c in (1, 2, 3)])
             out = {"lmax": lmax, "W": w.sum(), "W2": jnp.sum(w**2), "n_fail": n_fail,
-                   "best": phi_i[jnp.argmax(lw)], "best_lw": jnp.max(lw)}
+                   "best": phi_i[jnp.argmax(lw)], "best_lw": jnp.max(lw), "lw": lw}
             if louis:
                 gp = a0 + phi_i @ A1.T + jnp.einsum("kij,mi,mj->mk", A2, phi_i, phi_i)
                 f_safe = jnp.where(fin[:, None], f, 1.0)
@@ -300,12 +300,17 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         hp = jax.vmap(lambda a, b_, x: hess_prior(psi, a, b_, x))(m1, m2, X).sum(0)
         return hp.at[layout.size - n_s:, layout.size - n_s:].add(HR.sum(0))
 
+    # the largest log weights kept per subject: PSIS's tail at the most draws a subject can get
+    k_tail = int(np.ceil(3 * np.sqrt(options.max_draws + m_top))) + 1
+
     def combine(acc, new):
         new = jax.tree.map(np.array, new)  # writable copies (a subject's sums may be reset)
+        lw = new.pop("lw")
         if acc is None:
-            return new
+            return dict(new, tail=largest(lw, k_tail))
         lmax = np.maximum(acc["lmax"], new["lmax"])
-        out = {"lmax": lmax, "n_fail": acc["n_fail"] + new["n_fail"]}
+        out = {"lmax": lmax, "n_fail": acc["n_fail"] + new["n_fail"],
+               "tail": largest(np.concatenate([acc["tail"], lw], axis=1), k_tail)}
         take = new["best_lw"] > acc["best_lw"]
         out["best_lw"] = np.where(take, new["best_lw"], acc["best_lw"])
         out["best"] = np.where(take[:, None], new["best"], acc["best"])
@@ -339,7 +344,7 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         new = jax.tree.map(np.asarray, new)
         full = {"lmax": acc["lmax"].copy(), "W": np.zeros(N), "W2": np.zeros(N),
                 "n_fail": np.zeros_like(acc["n_fail"]), "best": acc["best"].copy(),
-                "best_lw": np.full(N, -np.inf)}
+                "best_lw": np.full(N, -np.inf), "lw": np.full((N, new["lw"].shape[1]), -np.inf)}
         full.update({k: np.zeros_like(acc[k]) for k in LOUIS_SUMS if k in acc})
         for k in full:
             full[k][idx] = new[k]
@@ -481,6 +486,7 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
                             if k in acc:
                                 acc[k][i] = 0.0
                         acc["best_lw"][i] = -np.inf
+                        acc["tail"][i] = -np.inf
                         m_total[i] = 0
                     if m_total.min() < options.min_draws:
                         continue
@@ -491,6 +497,9 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         else:
             acc, m_total = lacc, np.full(N, n_louis * M)
         se = mc_se(acc, m_total)
+        # PSIS's k-hat of each subject's weights (the -2LL pass): above 0.7 its estimate is
+        # unreliable whatever its SE says
+        khat = pareto_k(acc["tail"], m_total) if m2ll else np.full(N, np.nan)
         W = acc["W"]
         loglik_i = np.log(W / m_total) + acc["lmax"]
         # information, score and EBEs: from the -2LL pass's own draws, or from pass 1
@@ -508,6 +517,7 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
             "m2ll_se": float(se),
             "loglik_i": loglik_i,
             "ess": W**2 / acc["W2"],
+            "pareto_k": khat,
             "draws": int(round(m_total.mean())),
             "draws_i": m_total,
             "mixture_subjects": int((n_comp > 1).sum()),
@@ -526,6 +536,35 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         }
 
     return sample
+
+
+def largest(lw, k):
+    """The k largest values of each row of ``lw`` (N, M), in descending order (padded with
+    -inf)."""
+    if lw.shape[1] < k:
+        lw = np.concatenate([lw, np.full((lw.shape[0], k - lw.shape[1]), -np.inf)], axis=1)
+    return -np.sort(-lw, axis=1)[:, :k]
+
+
+def pareto_k(tail, draws):
+    """PSIS's Pareto k-hat per subject (``arviz.psislw``) from its largest log weights ``tail``
+    (N, K, descending) and its number of draws (N,). k-hat depends only on the tail that PSIS
+    fits (the ceil(min(S / 5, 3 sqrt S)) largest weights above the next one): the other weights
+    are stood in for by that cutoff value, which PSIS leaves out of the tail."""
+    import arviz as az
+
+    draws = np.asarray(draws).astype(int)
+    out = np.full(len(draws), np.nan)
+    for S in np.unique(draws):
+        n_tail = int(np.ceil(min(S / 5.0, 3 * np.sqrt(S))))
+        rows = np.flatnonzero((draws == S) & np.isfinite(tail[:, 0]))
+        if S < 5 or n_tail + 1 > tail.shape[1] or not len(rows):
+            continue
+        for part in np.array_split(rows, 1 + len(rows) * S // 4_000_000):
+            full = np.repeat(tail[part, n_tail : n_tail + 1], S, axis=1)
+            full[:, : n_tail + 1] = tail[part, : n_tail + 1]
+            out[part] = np.asarray(az.psislw(full, normalize=False)[1])
+    return out
 
 
 def _mix_logpdf(x, mix_i):
