@@ -268,13 +268,14 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
     search = (make_mode_search(predict_draws, d, codes, options.mode_iterations, devices)
               if options.mode_iterations > 0 else None)
 
-    def find_modes(beta, omega, log_sigma, m_q, L_q):
-        """Proposal components at each subject's conditional modes (:mod:`.modes`)."""
+    def find_modes(beta, omega, log_sigma, at, m_q, L_q):
+        """Proposal components at each subject's conditional modes (:mod:`.modes`); ``at``:
+        :func:`at_psi` of the parameters (its Cholesky factor of Omega)."""
         _, pidx, data_c, X_c = everyone
         sa, sp = sigma_per_endpoint(stat.endpoints, jnp.exp(log_sigma))
         om = np.asarray(omega)
-        found = search(np.asarray(m_q)[pidx], beta, np.linalg.cholesky(om), np.linalg.inv(om),
-                       sa, sp, data_c, X_c)
+        found = search(np.asarray(m_q)[pidx], beta, at[1], np.linalg.inv(om), sa, sp, data_c,
+                       X_c)
         phi, lj, H, dec = (np.asarray(a)[:N] for a in found)
         return mixture_from_modes(phi, lj, H, dec, np.asarray(m_q), np.asarray(L_q), om, K_MIX,
                                   INFLATE)
@@ -380,7 +381,7 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         # is this call's chain component, the others come from the search
         if modes is None and search is not None:
             with progress_bar(1, "conditional-mode search", progress) as adv:
-                modes = find_modes(beta, omega, log_sigma, m_q, L_q)
+                modes = find_modes(beta, omega, log_sigma, at, m_q, L_q)
                 adv(1, f"{int((modes[3] > 1).sum())} subjects with more than one mode")
         if modes is None:
             modes = (*single(m_q, L_q), np.ones(N, int))

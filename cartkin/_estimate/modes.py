@@ -55,15 +55,8 @@ def spd_solve(A, b):
     """A^-1 b for a small SPD matrix A (d, d) and b (d,), unrolled."""
     L = cholesky_unrolled(A)
     z = forward_substitution(L, b)
-    # back substitution with L^T
-    d = A.shape[-1]
-    x = [None] * d
-    for i in reversed(range(d)):
-        acc = z[i]
-        for j in range(i + 1, d):
-            acc = acc - L[j, i] * x[j]
-        x[i] = acc / L[i, i]
-    return jnp.stack(x)
+    # L^T x = z is a lower-triangular system with its rows and columns reversed
+    return forward_substitution(L.T[::-1, ::-1], z[::-1])[::-1]
 
 
 def make_mode_search(predict_draws, d: int, codes, n_iter: int, devices):
