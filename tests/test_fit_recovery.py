@@ -100,6 +100,10 @@ def _cli(*args, cwd=None):
          "unknown key\\(s\\) \\['typo'\\]"),
         ("[data]\nname='stein2019_sim200'\n[model]\nname='stein2019'\n[[endpoints]]\noutput='C'\n[parameters]\nestimate={Cmax=1.0}\n[method]\nstarts=0\n",
          "starts must be a whole number >= 1"),
+        ("[data]\nname='stein2019_sim200'\n[model]\nname='stein2019'\n[[endpoints]]\noutput='C'\n[parameters]\nestimate={Cmax=1.0}\n[method]\nimportance={mode_iterations='ten'}\n",
+         "importance.mode_iterations must be a whole number >= 0, not 'ten'"),
+        ("[data]\nname='stein2019_sim200'\n[model]\nname='stein2019'\n[[endpoints]]\noutput='C'\n[parameters]\nestimate={Cmax=1.0}\n[method]\nimportance={target_se=-0.5}\n",
+         "importance.target_se must be a number >= 0, not -0.5"),
     ],
 )
 def test_config_errors_name_file_and_key(tmp_path, text, match):

@@ -83,6 +83,18 @@ def _only(path, section, table, allowed):
         raise _err(path, f"unknown key(s) {sorted(unknown)} in [{section}]; allowed: {sorted(allowed)}")
 
 
+def _check_numbers(path, section, opts):
+    """Every field of an options dataclass is a number of its default's kind (a whole number
+    where the default is one), not negative."""
+    for f in dataclasses.fields(opts):
+        v = getattr(opts, f.name)
+        whole = isinstance(f.default, int)
+        if (isinstance(v, bool) or not isinstance(v, int if whole else int | float)
+                or not v >= 0):
+            kind = "a whole number" if whole else "a number"
+            raise _err(path, f"[method] {section}.{f.name} must be {kind} >= 0, not {v!r}")
+
+
 def load_config(path: str | Path) -> FitConfig:
     """Parse and check a fit TOML file; every error names the file and the key."""
     path = Path(path)
@@ -180,6 +192,8 @@ def config_from_dict(raw: Mapping, path: str | Path) -> FitConfig:
         imp = ISOptions(**{"seed": seed + 1, **meth.get("importance", {})})
     except TypeError as e:
         raise _err(path, f"[method]: {e}") from None
+    for section, opts in (("saem", saem), ("importance", imp)):
+        _check_numbers(path, section, opts)
     solver = dict(meth.get("solver", {}))
     name = solver.pop("name", None)
     import diffrax as dfx
