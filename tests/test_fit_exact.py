@@ -246,11 +246,11 @@ def test_failed_independent_check_gets_one_more_step_to_the_exact_maximum(monkey
     forced = []
 
     def failing_first_check(res):
-        cov, cond, dec = newton(res)
+        cov, cond, dec, step = newton(res)
         if res.get("_m2ll_pass") and not forced:
             forced.append(dec)
             dec = dec + 1.0
-        return cov, cond, dec
+        return cov, cond, dec, step
 
     monkeypatch.setattr(fit_module, "make_importance_sampler", marking_sampler)
     monkeypatch.setattr(fit_module, "_newton", failing_first_check)

@@ -153,14 +153,17 @@ def fit(
     params, res, traces = best["params"], best["res"], best["traces"]
     timings["saem_s"] = time.perf_counter() - t_start - t_is
     t1 = time.perf_counter() - t_is
-    cov, cond, decrement = _newton(res)
+    cov, cond, decrement, step_cov = _newton(res)
     history = [{"step": 0, "decrement": decrement, "seconds": t_is}]
     # Newton polishing with the importance-sampled score and information: SAEM's estimate
     # carries Monte Carlo error; a step psi + I^-1 g removes most of what is left. A step is
-    # kept when the Newton decrement (the log-likelihood still to gain) falls.
+    # kept when the Newton decrement (the log-likelihood still to gain) falls. Where the
+    # information is not positive definite (no decrement), the step is saddle-free and kept
+    # unless the -2LL rose by more than twice its Monte Carlo SE.
     for step in range(1, polish + 1):
-        if decrement < 0.05 or not np.isfinite(decrement):
+        if decrement < 0.05 or not np.all(np.isfinite(step_cov)):
             break
+        concave = np.isfinite(decrement)
         # the first pass's draws and solves, weighed at the new parameters, give the step's score
         # and information (no new solves); fresh draws if that leaves some subject with less than
         # half its effective sample size. A step that does not lower the decrement is halved (up
@@ -168,30 +171,40 @@ def fit(
         t_step = time.perf_counter()
         better, t = False, 1.0
         for _ in range(4):
-            new = _polished_params(res, cov, t)
+            new = _polished_params(res, step_cov, t)
             if new is None:
                 break
             # (a long step, from a decrement above 2, gets fresh draws at once)
-            reused = res["drawn"] is not None and decrement < 2.0
+            reused = res["drawn"] is not None and (decrement < 2.0 or not concave)
             res_new = sample(new, res["ebe"], res["ebe_cov"], progress, m2ll=False,
                              reuse=res if reused else None, modes=res["modes"])
             if reused and res_new["ess"].min() < 0.5 * res["ess"].min():
                 res_new = sample(new, res["ebe"], res["ebe_cov"], progress, m2ll=False,
                                  modes=res["modes"])
                 reused = False
-            cov_new, cond_new, dec_new = _newton(res_new)
-            better = dec_new < decrement
-            if better or not reused:  # halving is tried only where it costs no solves
+            cov_new, cond_new, dec_new, step_new = _newton(res_new)
+            if concave:
+                better = dec_new < decrement
+            elif reused:  # the same draws weighed at both points: the difference is precise
+                better = res_new["m2ll"] < res["m2ll"]
+            else:
+                better = res_new["m2ll"] <= res["m2ll"] + 2 * np.hypot(res["m2ll_se"],
+                                                                       res_new["m2ll_se"])
+            # halving is tried where it costs no solves, and where the information is not
+            # concave (the saddle-free step's length is not the quadratic model's)
+            if better or not (reused or not concave):
                 break
             t /= 2
         if new is None:
             break
         history.append({"step": step, "decrement": dec_new, "accepted": bool(better),
+                        "m2ll_pass1": res_new["m2ll"],
                         "step_length": t, "draws": "reweighted" if reused else "new",
+                        "information": "positive definite" if concave else "indefinite (saddle-free step)",
                         "seconds": time.perf_counter() - t_step})
         if not better:
             break
-        res, params, cov, cond, decrement = res_new, new, cov_new, cond_new, dec_new
+        res, params, cov, cond, decrement, step_cov = res_new, new, cov_new, cond_new, dec_new, step_new
     # the final evaluation: -2LL to the requested Monte Carlo SE, information, EBEs
     t_final = time.perf_counter()
     # after a step computed from reweighted draws, those draws' score says nothing about it:
@@ -201,18 +214,18 @@ def fit(
     res = sample(params, res["ebe"], res["ebe_cov"], progress, first_pass=res,
                  fresh_information=last_reweighted, modes=res["modes"])
     timings["m2ll_step_s"] = time.perf_counter() - t_final
-    cov, cond, decrement = _newton(res)
+    cov, cond, decrement, step_cov = _newton(res)
     history.append({"step": "final", "m2ll": res["m2ll"], "m2ll_se": res["m2ll_se"],
                     "decrement": decrement, "seconds": timings["m2ll_step_s"]})
     # reweighted steps stop at the maximum of the first pass's draws, which carries their Monte
     # Carlo error; when the independent check finds the fit unconverged, one more step from it
     # and a new evaluation (fresh draws throughout), kept if its decrement is lower
-    new = _polished_params(res, cov) if last_reweighted and 0.5 <= decrement < np.inf else None
+    new = _polished_params(res, step_cov) if last_reweighted and 0.5 <= decrement < np.inf else None
     if new is not None:
         t_extra = time.perf_counter()
         res_new = sample(new, res["ebe"], res["ebe_cov"], progress, fresh_information=True,
                          modes=res["modes"])
-        cov_new, cond_new, dec_new = _newton(res_new)
+        cov_new, cond_new, dec_new, _ = _newton(res_new)
         better = dec_new < decrement
         history.append({"step": "after check", "m2ll": res_new["m2ll"],
                         "m2ll_se": res_new["m2ll_se"], "decrement": dec_new,
@@ -220,6 +233,19 @@ def fit(
                         "seconds": time.perf_counter() - t_extra})
         if better:
             res, params, cov, cond, decrement = res_new, new, cov_new, cond_new, dec_new
+    # an information that is not positive definite gives no SEs; where a variance is weakly
+    # identified that is often Monte Carlo error (Louis's formula subtracts two large, nearly
+    # equal terms): the information pass is then repeated once with 4x the draws
+    info_draws = importance.louis_draws
+    if not np.isfinite(decrement):
+        t_info = time.perf_counter()
+        res_info = sample(params, res["ebe"], res["ebe_cov"], progress, m2ll=False,
+                          modes=res["modes"], louis_factor=4)
+        info_draws *= 4
+        res = dict(res, info=res_info["info"], score=res_info["score"])
+        cov, cond, decrement, _ = _newton(res)
+        history.append({"step": "information with 4x draws", "decrement": decrement,
+                        "seconds": time.perf_counter() - t_info})
     timings["importance_s"] = time.perf_counter() - t1
 
     layout = res["layout"]
@@ -258,6 +284,7 @@ def fit(
         "se_method": "Louis's formula on importance-sampling draws at the estimate "
                      "(observed information; no derivative through the model solver)",
         "m2ll_draws_per_subject": res["draws"],
+        "information_draws_per_subject": info_draws,
         "starts": [{"start": r["start"], "initial_phi": r["init"],
                     "m2ll_first_pass": r["m2ll_first_pass"], "chosen": r is best} for r in runs],
         "min_subject_ess": float(res["ess"].min()),
@@ -301,17 +328,25 @@ def failure_table(ids, failed, draws) -> pd.DataFrame:
 
 
 def _newton(res):
-    """Covariance (I^-1), condition number of I, and the Newton decrement at ``res``."""
+    """Covariance (I^-1), condition number of I, the Newton decrement at ``res``, and the
+    matrix a polishing step uses: I^-1 where I is positive definite, else the inverse of I with
+    each eigenvalue replaced by its absolute value (floored at 1e-6 of the largest): a
+    saddle-free Newton step, still an ascent direction where the log-likelihood is not concave
+    (a weakly identified IIV variance that SAEM left near zero)."""
     info = res["info"]
     try:
-        evals = np.linalg.eigvalsh(info)
+        evals, evecs = np.linalg.eigh(info)
         cov = np.linalg.inv(info)
     except np.linalg.LinAlgError:
-        return np.full_like(info, np.nan), np.inf, np.inf
+        nan = np.full_like(info, np.nan)
+        return nan, np.inf, np.inf, nan
     cond = float(evals.max() / evals.min()) if evals.min() > 0 else np.inf
     g = res["score"]
     dec = float(g @ cov @ g / 2) if evals.min() > 0 else np.inf
-    return cov, cond, dec
+    if evals.min() > 0:
+        return cov, cond, dec, cov
+    lam = np.maximum(np.abs(evals), 1e-6 * np.abs(evals).max())
+    return cov, cond, dec, (evecs / lam) @ evecs.T
 
 
 def _polished_params(res, cov, t=1.0):

@@ -353,7 +353,8 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
 
 
     def sample(params, post_mean, post_cov, progress: bool = False, m2ll: bool = True,
-               first_pass=None, reuse=None, fresh_information: bool = False, modes=None):
+               first_pass=None, reuse=None, fresh_information: bool = False, modes=None,
+               louis_factor: int = 1):
         """``first_pass``: the result of an earlier ``m2ll=False`` call at the same ``params``,
         whose draws are reused for the information and the EBEs. ``reuse``: the result of an
         earlier call at nearby parameters (a Newton step away) whose first-pass draws and
@@ -361,7 +362,8 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         ``fresh_information``: the -2LL pass's own draws give the information, score and EBEs
         (needed after a polishing step computed from reweighted draws: those draws' own score
         at the step's end is zero by construction, so it checks nothing). ``modes``: the
-        ``"modes"`` of an earlier call (the mode search's components; searched anew if None)."""
+        ``"modes"`` of an earlier call (the mode search's components; searched anew if None).
+        ``louis_factor``: the information pass draws this many times ``louis_draws``."""
         beta, omega, log_sigma = (jnp.asarray(params[k]) for k in ("beta", "omega", "log_sigma"))
         psi_hat = layout.pack(beta, omega, log_sigma)
         at = at_psi(psi_hat)
@@ -396,7 +398,7 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
             return mix
 
         # pass 1: the information and the EBEs from a fixed number of draws
-        n_louis = max(1, options.louis_draws // M)
+        n_louis = max(1, louis_factor * options.louis_draws // M)
         kept = None
         if first_pass is not None:
             lacc, kept = first_pass["pass1"], first_pass["drawn"]
