@@ -351,6 +351,10 @@ def make_report(
                     else "",
                 ),
                 (
+                    "subjects that drew again from a wider proposal (Pareto k > 0.7 at first)",
+                    _fmt(len(conv["pareto_k_redrawn"])) if "pareto_k_redrawn" in conv else "",
+                ),
+                (
                     "subjects with several conditional modes (mixture proposal)",
                     _fmt(len(conv["multimodal_subjects"])) if "multimodal_subjects" in conv
                     else "",

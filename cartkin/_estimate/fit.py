@@ -19,6 +19,7 @@ import pandas as pd
 from .._likelihood import (
     FitData, SolverSettings, StatModel, data_arrays, kind_codes, make_draws_predictor,
 )
+from .._models.base import ClosedFormModel
 from .._population import from_unconstrained
 from .._progress import progress_bar
 from .importance import ISOptions, make_importance_sampler
@@ -109,7 +110,10 @@ def fit(
     for e, p in zip(stat.endpoints, prop):
         if p:
             sig0.append(sigma_init.get(e.output + "_prop", 0.2) if isinstance(sigma_init, Mapping) else 0.2)
-    init_fn, run_block, _ = make_saem(stat, predict_draws, arrays, X, codes=codes, options=saem)
+    predict_saem = predict_draws
+    if not isinstance(stat.model, ClosedFormModel) and saem.rtol > settings.rtol:
+        predict_saem = make_draws_predictor(stat, dataclasses.replace(settings, rtol=saem.rtol))
+    init_fn, run_block, _ = make_saem(stat, predict_saem, arrays, X, codes=codes, options=saem)
     sample = make_importance_sampler(stat, predict_draws, arrays, X, codes, importance)
     n_iter = saem.k1 + saem.k2
     runs = []
@@ -126,8 +130,8 @@ def fit(
             ids = data.ids[bad][:10].tolist()
             where = "the initial values" if s_idx == 0 else f"start {s_idx + 1}'s initial values"
             raise ValueError(
-                f"the model cannot be solved at {where} for subject(s) {ids}: "
-                "check the initial values and the data"
+                f"the model cannot be solved, or gives a non-finite log-likelihood, at {where} "
+                f"for subject(s) {ids}: check the initial values and the data"
             )
         traces = []
         label = "SAEM iterations" + (f" (start {s_idx + 1}/{starts})" if starts > 1 else "")
@@ -290,6 +294,8 @@ def fit(
         "min_subject_ess": float(res["ess"].min()),
         "multimodal_subjects": data.ids[res["multimodal"]].tolist(),
         "pareto_k_above_0.7": data.ids[res["pareto_k"] > 0.7].tolist(),
+        # subjects whose first proposal gave k-hat above 0.7 and that drew again, wider
+        "pareto_k_redrawn": data.ids[res["widened"] > 0].tolist(),
     }
     fails = failure_table(data.ids, np.asarray(res["failed_draws"]), np.asarray(res["draws_i"]))
     ebe = ebe_frame(stat, data, res, X, params)

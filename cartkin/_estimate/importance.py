@@ -60,6 +60,10 @@ LOUIS_SUMS = ("G", "GG", "HR", "P", "PP")  # per-subject weighted sums for the i
 K_MIX = 3  # t components per subject: the first at the conditional mean, the others added
 # where a draw far from the existing ones took over a subject's weights (a second region)
 DOMINATED = 0.2  # a single draw holding this share of a subject's weight sum
+# a subject whose weights have PSIS k-hat above 0.7 draws again from its components with their
+# covariance times WIDEN, at most WIDEN_ROUNDS times
+WIDEN = 2.0
+WIDEN_ROUNDS = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -437,10 +441,23 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
             def chunk(fn, key, sub):
                 return run_weigh(w_fn, at, run_draw(fn, key, at, mix, sub), sub)
 
+            widened = np.zeros(N, int)
+
+            def restart(i):
+                """Subject i's sums and draws discarded (its proposal changed)."""
+                acc["W"][i] = acc["W2"][i] = 0.0
+                for k in LOUIS_SUMS:
+                    if k in acc:
+                        acc[k][i] = 0.0
+                acc["best_lw"][i] = -np.inf
+                acc["tail"][i] = -np.inf
+                m_total[i] = 0
+
             with progress_bar(None, "importance sampling (-2LL SE)", progress) as adv:
                 while True:
                     kc = jax.random.fold_in(key, c)
                     c += 1
+                    spent = False
                     needy = m_total < options.min_draws
                     if acc is None or needy.sum() > n_top:
                         acc = combine(acc, chunk(draw, kc, everyone))
@@ -454,9 +471,11 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
                         g_top = v * m_top / (m_total + m_top) * (m_total + m_top <= options.max_draws)
                         g_top = np.where(needy, np.inf, g_top)
                         top = np.argsort(-g_top, kind="stable")[:n_top]
-                        if gain_all <= 0 and g_top[top].sum() <= 0:
-                            break  # the draw budget of every subject that matters is spent
-                        if (needy.any() or g_top[top].sum() / (n_top * m_top + 4000)
+                        # the draw budget of every subject that matters is spent
+                        spent = gain_all <= 0 and g_top[top].sum() <= 0
+                        if spent:
+                            pass
+                        elif (needy.any() or g_top[top].sum() / (n_top * m_top + 4000)
                                 > gain_all / (N * M + 4000)):
                             new = chunk(draw_top, kc, subset(top))
                             # a chunk has n_top rows; rows of subjects at their cap are dropped
@@ -469,7 +488,8 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
                             m_total = m_total + M
                     # a second region: one draw holds a large share of a subject's weights and
                     # lies more than 2 proposal SDs from every component
-                    share = np.exp(acc["best_lw"] - acc["lmax"]) / np.maximum(acc["W"], 1e-300)
+                    share = (np.zeros(N) if spent else
+                             np.exp(acc["best_lw"] - acc["lmax"]) / np.maximum(acc["W"], 1e-300))
                     for i in np.flatnonzero((share > DOMINATED) & (m_total >= options.min_draws)
                                             & (n_comp < K_MIX)):
                         z = [np.linalg.solve(mix[1][i, k], acc["best"][i] - mix[0][i, k])
@@ -484,25 +504,29 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
                         lw[k + 1:] = -40.0  # unused slots (finite: a categorical draw never picks them)
                         mix[2][i] = lw
                         n_comp[i] += 1
-                        acc["W"][i] = acc["W2"][i] = 0.0
-                        for k in LOUIS_SUMS:
-                            if k in acc:
-                                acc[k][i] = 0.0
-                        acc["best_lw"][i] = -np.inf
-                        acc["tail"][i] = -np.inf
-                        m_total[i] = 0
+                        restart(i)
                     if m_total.min() < options.min_draws:
                         continue
                     se = mc_se(acc, m_total)
                     adv(0, f"{se:.2f}, {m_total.mean():.0f} draws/subject")
-                    if se <= options.target_se:
+                    if se > options.target_se and not spent:
+                        continue
+                    # PSIS's k-hat of each subject's weights: above 0.7 its estimate is
+                    # unreliable whatever its SE says (a proposal lighter-tailed than the
+                    # subject's conditional distribution). Such a subject's components are
+                    # widened and it draws again (with a new budget), at most WIDEN_ROUNDS times
+                    khat = pareto_k(acc["tail"], m_total)
+                    heavy = np.flatnonzero((khat > 0.7) & (widened < WIDEN_ROUNDS))
+                    if not len(heavy):
                         break
+                    for i in heavy:
+                        mix[1][i] = mix[1][i] * np.sqrt(WIDEN)
+                        widened[i] += 1
+                        restart(i)
         else:
             acc, m_total = lacc, np.full(N, n_louis * M)
+            khat, widened = np.full(N, np.nan), np.zeros(N, int)
         se = mc_se(acc, m_total)
-        # PSIS's k-hat of each subject's weights (the -2LL pass): above 0.7 its estimate is
-        # unreliable whatever its SE says
-        khat = pareto_k(acc["tail"], m_total) if m2ll else np.full(N, np.nan)
         W = acc["W"]
         loglik_i = np.log(W / m_total) + acc["lmax"]
         # information, score and EBEs: from the -2LL pass's own draws, or from pass 1
@@ -521,6 +545,7 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
             "loglik_i": loglik_i,
             "ess": W**2 / acc["W2"],
             "pareto_k": khat,
+            "widened": widened,
             "draws": int(round(m_total.mean())),
             "draws_i": m_total,
             "mixture_subjects": int((n_comp > 1).sum()),
