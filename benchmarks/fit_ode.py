@@ -13,6 +13,8 @@ the agreement of the two forms (typical values, IIV SDs, -2LL).
                                                           # cost against N (warm cache)
     python benchmarks/fit_ode.py --seeds 4                # -2LL spread over SAEM seeds
     python benchmarks/fit_ode.py --forms ode --scale 1000,10000,100000   # on a GPU
+    python benchmarks/fit_ode.py --forms ode --saem-rtol 0,1e-4  # SAEM's solve tolerance
+                                                          # (0: the fit's own), side by side
 
 Results: benchmarks/README.md.
 """
@@ -20,6 +22,7 @@ Results: benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -33,7 +36,8 @@ IIV = ("foldx", "Tmax", "Cmax", "alpha", "FB", "beta")
 INIT = {"foldx": 2000.0, "Tmax": 8.0, "Cmax": 15000.0, "alpha": 0.2, "FB": 0.01, "beta": 0.005}
 
 
-def child(form: str, n: int, seed: int, cache: str, target_se: float = 0.5) -> dict:
+def child(form: str, n: int, seed: int, cache: str, target_se: float = 0.5,
+          saem_rtol: float | None = None) -> dict:
     """One fit in this process; returns its figures."""
     import jax
 
@@ -68,8 +72,9 @@ def child(form: str, n: int, seed: int, cache: str, target_se: float = 0.5) -> d
         _, data = load_fit_data(cfg)
         n = data.n_subjects
         t_fit = time.perf_counter()
+        saem = cfg.saem if saem_rtol is None else dataclasses.replace(cfg.saem, rtol=saem_rtol)
         res = fit(cfg.stat, data, init=cfg.init, omega_init=cfg.omega_init,
-                  sigma_init=cfg.sigma_init, saem=cfg.saem, importance=cfg.importance,
+                  sigma_init=cfg.sigma_init, saem=saem, importance=cfg.importance,
                   settings=cfg.settings, progress=False)
     else:
         model = get_model(FORMS[form])
@@ -79,11 +84,12 @@ def child(form: str, n: int, seed: int, cache: str, target_se: float = 0.5) -> d
         data = fitdata_from_dataset(ds, stat)
         t_fit = time.perf_counter()
         res = fit(stat, data, init=INIT, omega_init=0.5, sigma_init=0.8,
-                  saem=SAEMOptions(seed=seed), importance=ISOptions(target_se=target_se),
+                  saem=SAEMOptions(seed=seed, **({} if saem_rtol is None else {"rtol": saem_rtol})),
+                  importance=ISOptions(target_se=target_se),
                   progress=False)
     wall = time.perf_counter() - t_fit
     return {
-        "form": form, "n": n, "seed": seed, "wall_s": wall, "compile_s": compile_s["t"],
+        "form": form, "n": n, "seed": seed, "saem_rtol": saem_rtol, "wall_s": wall, "compile_s": compile_s["t"],
         "setup_s": t_fit - t0, **{k: v for k, v in res.timings.items() if k != "total_s"},
         "m2ll": res.m2ll, "m2ll_se": res.m2ll_se, "min_ess": float(res.subject_ess.min()),
         "draws": int(res.convergence["m2ll_draws_per_subject"]),
@@ -99,12 +105,13 @@ def child(form: str, n: int, seed: int, cache: str, target_se: float = 0.5) -> d
 DEVICES = os.cpu_count() or 1  # host devices of a child (--devices): as the cartkin command
 
 
-def run_child(form, n, seed, cache, target_se=0.5) -> dict:
+def run_child(form, n, seed, cache, target_se=0.5, saem_rtol=None) -> dict:
     env = dict(os.environ, EQX_ON_ERROR="nan")
     flags = env.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" not in flags:
         env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={DEVICES}".strip()
-    cmd = [sys.executable, __file__, "--child", form, str(n), str(seed), cache, str(target_se)]
+    cmd = [sys.executable, __file__, "--child", form, str(n), str(seed), cache, str(target_se),
+           "default" if saem_rtol is None else str(saem_rtol)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
@@ -124,7 +131,7 @@ def line(tag, r):
 def main():
     global DEVICES
     ap = argparse.ArgumentParser()
-    ap.add_argument("--child", nargs=5, metavar=("FORM", "N", "SEED", "CACHE", "TARGET_SE"))
+    ap.add_argument("--child", nargs=6, metavar=("FORM", "N", "SEED", "CACHE", "TARGET_SE", "SAEM_RTOL"))
     ap.add_argument("--forms", default="closed,ode,hardiansyah")
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--scale", default="", help="comma-separated subject counts (warm cache)")
@@ -134,6 +141,9 @@ def main():
                          "precision per subject as at N = 200)")
     ap.add_argument("--seeds", type=int, default=0, help="SAEM seeds for the -2LL spread")
     ap.add_argument("--no-cold", action="store_true", help="skip the cold/warm comparison")
+    ap.add_argument("--saem-rtol", default="",
+                    help="comma-separated relative tolerances of SAEM's ODE solves, each fitted "
+                         "cold and warm side by side (0: the fit's own; default: SAEMOptions')")
     ap.add_argument("--json", default="", help="write every record to this file")
     ap.add_argument("--devices", type=int, default=DEVICES,
                     help="host devices of each fit (the subjects are split over them; default: "
@@ -141,8 +151,9 @@ def main():
     args = ap.parse_args()
     DEVICES = args.devices
     if args.child:
-        form, n, seed, cache, se = args.child
-        print(json.dumps(child(form, int(n), int(seed), cache, float(se))))
+        form, n, seed, cache, se, rt = args.child
+        print(json.dumps(child(form, int(n), int(seed), cache, float(se),
+                               None if rt == "default" else float(rt))))
         return
     cpu = subprocess.run(["bash", "-c", "lscpu | grep 'Model name' | cut -d: -f2"],
                          capture_output=True, text=True).stdout.strip()
@@ -159,13 +170,15 @@ def main():
     with tempfile.TemporaryDirectory() as cache:
         if not args.no_cold:
             best = {}
+            rtols = [float(x) for x in args.saem_rtol.split(",") if x] or [None]
             for form in forms:
-                for tag in ("cold", "warm"):
-                    r = run_child(form, args.n, 1, cache)
-                    r["cache"] = tag
-                    keep(r)
-                    best[form] = r
-                    print(line(tag, r), flush=True)
+                for rt in rtols:
+                    for tag in ("cold", "warm"):
+                        r = run_child(form, args.n, 1, cache, saem_rtol=rt)
+                        r["cache"] = tag
+                        keep(r)
+                        best[form] = r
+                        print(line(tag if rt is None else f"{tag} SAEM rtol {rt:g}", r), flush=True)
             if {"closed", "ode"} <= set(best):
                 c, o = best["closed"], best["ode"]
                 tv = {k: o["typical"][k] / c["typical"][k] - 1 for k in IIV}

@@ -39,7 +39,8 @@ def run_fit(config: str | Path, out: str | Path | None = None, *, progress: bool
             "model": cfg.stat.model.name, "citation": cfg.stat.model.citation,
             "solver": {"solver": type(cfg.settings.solver).__name__ if cfg.settings.solver else "default",
                        "rtol": cfg.settings.rtol, "atol": cfg.settings.atol,
-                       "max_steps": cfg.settings.max_steps},
+                       "max_steps": cfg.settings.max_steps,
+                       "saem_rtol": max(cfg.settings.rtol, cfg.saem.rtol)},
             "wall_seconds": wall, "versions": versions(),
         }
         with atomic_directory(out) as tmp:

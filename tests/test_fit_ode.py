@@ -101,3 +101,16 @@ def test_failed_solves_are_reported_per_subject_with_their_cause():
                         np.array([500, 500, 1000]))
     assert tab["ID"].tolist() == [102, 103] and tab["failed_draws"].tolist() == [6, 2]
     assert "max_steps" in tab["cause"].iloc[0] and "step size collapsed" in tab["cause"].iloc[1]
+
+
+def test_unsolvable_initial_values_name_the_subjects():
+    """Initial values at which the solver fails (here: 3 steps allowed) stop the fit before
+    SAEM with an error naming the subjects; the first predictions come from SAEM's own E-step."""
+    from cartkin._likelihood import SolverSettings
+
+    ds = cdata.simulate_cohort(6, seed=11, omega_reading="variance").dataset
+    stat = StatModel(Stein2019ODE(), (Endpoint("C", 1, "log_additive"),), iiv=IIV,
+                     fixed={"Fexp": 1.0})
+    data = fitdata_from_dataset(ds, stat)
+    with pytest.raises(ValueError, match=r"cannot be solved.*initial values.*\[1, 2, 3, 4, 5, 6\]"):
+        fit(stat, data, init=INIT, settings=SolverSettings(max_steps=3), progress=False)

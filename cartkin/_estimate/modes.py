@@ -118,7 +118,9 @@ def make_mode_search(predict_draws, d: int, codes, n_iter: int, devices):
             H = jnp.einsum("nstd,nst,nste->nsde", J, jnp.abs(h), J) + oinv
             return lj, grad, H
 
-        def step(_, carry):
+        def step(i, carry):
+            # iteration 0 evaluates the starts (a zero step from a zero gradient): the solver is
+            # traced once, inside the loop
             p, lj, grad, H, lam = carry
             damped = H + lam[..., None, None] * jnp.diag(jnp.ones(d)) * jnp.diagonal(
                 H, axis1=-2, axis2=-1)[..., None, :]
@@ -132,11 +134,12 @@ def make_mode_search(predict_draws, d: int, codes, n_iter: int, devices):
             def keep(new, old):
                 return jnp.where(ok.reshape(ok.shape + (1,) * (new.ndim - 2)), new, old)
 
-            lam = jnp.clip(jnp.where(ok, lam / 3, lam * 4), 1e-6, 1e6)
+            lam = jnp.where(i == 0, lam, jnp.clip(jnp.where(ok, lam / 3, lam * 4), 1e-6, 1e6))
             return keep(trial, p), keep(lj_t, lj), keep(grad_t, grad), keep(H_t, H), lam
 
-        carry = (phi0, *evaluate(phi0), jnp.full((n, S), 1e-2))
-        p, lj, grad, H, _ = jax.lax.fori_loop(0, n_iter, step, carry)
+        carry = (phi0, jnp.full((n, S), -jnp.inf), jnp.zeros((n, S, d)),
+                 jnp.broadcast_to(jnp.eye(d), (n, S, d, d)), jnp.full((n, S), 1e-2))
+        p, lj, grad, H, _ = jax.lax.fori_loop(0, n_iter + 1, step, carry)
         # the Newton decrement g' H^-1 g / 2 at the end point (small at a mode)
         dec = 0.5 * jnp.sum(grad * jax.vmap(jax.vmap(spd_solve))(H, grad), -1)
         return p, lj, H, jnp.where(jnp.isfinite(dec), dec, jnp.inf)
