@@ -591,7 +591,8 @@ def pareto_k(tail, draws):
         for part in np.array_split(rows, 1 + len(rows) * S // 4_000_000):
             full = np.repeat(tail[part, n_tail : n_tail + 1], S, axis=1)
             full[:, : n_tail + 1] = tail[part, : n_tail + 1]
-            out[part] = np.asarray(az.psislw(full, normalize=False)[1])
+            with np.errstate(over="ignore"):  # psislw's length-scale grid at large S
+                out[part] = np.asarray(az.psislw(full, normalize=False)[1])
     return out
 
 
