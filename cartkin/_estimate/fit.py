@@ -163,7 +163,8 @@ def fit(
     # carries Monte Carlo error; a step psi + I^-1 g removes most of what is left. A step is
     # kept when the Newton decrement (the log-likelihood still to gain) falls. Where the
     # information is not positive definite (no decrement), the step is saddle-free and kept
-    # unless the -2LL rose by more than twice its Monte Carlo SE.
+    # unless the -2LL rose: at all on the same draws reweighted, by more than twice its Monte
+    # Carlo SE on fresh ones.
     for step in range(1, polish + 1):
         if decrement < 0.05 or not np.all(np.isfinite(step_cov)):
             break

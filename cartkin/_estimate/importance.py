@@ -473,10 +473,11 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
                         top = np.argsort(-g_top, kind="stable")[:n_top]
                         # the draw budget of every subject that matters is spent
                         spent = gain_all <= 0 and g_top[top].sum() <= 0
+                        top_up = needy.any() or (g_top[top].sum() / (n_top * m_top + 4000)
+                                                 > gain_all / (N * M + 4000))
                         if spent:
-                            pass
-                        elif (needy.any() or g_top[top].sum() / (n_top * m_top + 4000)
-                                > gain_all / (N * M + 4000)):
+                            pass  # straight to the k-hat check below
+                        elif top_up:
                             new = chunk(draw_top, kc, subset(top))
                             # a chunk has n_top rows; rows of subjects at their cap are dropped
                             keep = g_top[top] > 0
