@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._models.base import Model
-from ._population import from_unconstrained, to_unconstrained
+from ._population import from_unconstrained, interval_domain, to_unconstrained
 
 ERROR_MODELS = {"log_additive": 1, "additive": 1, "proportional": 1, "combined": 2}
 
@@ -157,9 +157,22 @@ class StatModel:
     fixed: Mapping[str, float] = dataclasses.field(default_factory=dict)
     omega_blocks: tuple[tuple[str, ...], ...] = ()
     covariates: tuple = ()
+    # {name: (lower, upper)}: a parameter with IIV kept inside (lower, upper), its typical value
+    # and every individual value (logit-normal on the interval instead of log-normal)
+    bounds: Mapping[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         names = list(self.model.parameters)
+        for k, ab in self.bounds.items():
+            if k not in self.iiv:
+                raise ValueError(f"bounds name {k!r}, which is not an estimated parameter with "
+                                 f"IIV ({list(self.iiv)})")
+            lo, hi = (float(v) for v in ab)
+            dom = self.model.parameters[k].domain
+            inside = {"positive": lo >= 0, "unit": lo >= 0 and hi <= 1}.get(dom, True)
+            if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi and inside):
+                raise ValueError(f"bounds of {k!r} must be finite, lower < upper and inside "
+                                 f"its domain ({dom}), not {list(ab)}")
         for k in self.iiv:
             if k not in names:
                 raise ValueError(f"iiv names unknown parameter {k!r}; parameters are {names}")
@@ -187,7 +200,8 @@ class StatModel:
 
     @property
     def domains(self) -> tuple[str, ...]:
-        return tuple(self.model.parameters[k].domain for k in self.iiv)
+        return tuple(interval_domain(*self.bounds[k]) if k in self.bounds
+                     else self.model.parameters[k].domain for k in self.iiv)
 
     def omega_mask(self) -> np.ndarray:
         """Boolean (d, d): which Omega elements are estimated (diagonal + blocks)."""

@@ -25,12 +25,28 @@ import numpy as np
 from ._models.base import Model
 
 
+def interval_domain(lower: float, upper: float) -> str:
+    """The domain of a parameter bounded to (lower, upper): logit-normal on that interval."""
+    return f"interval({float(lower)!r},{float(upper)!r})"
+
+
+def domain_bounds(domain: str) -> tuple[float, float] | None:
+    """(lower, upper) of an :func:`interval_domain`, else None."""
+    if not domain.startswith("interval("):
+        return None
+    lo, hi = domain[len("interval("):-1].split(",")
+    return float(lo), float(hi)
+
+
 def to_unconstrained(domain: str, x):
-    """Natural-scale transform of a parameter value (log, logit or identity)."""
+    """Natural-scale transform of a parameter value (log, logit, logit on (lower, upper), or
+    identity)."""
     if domain == "positive":
         return jnp.log(x)
     if domain == "unit":
         return jnp.log(x) - jnp.log1p(-x)
+    if (ab := domain_bounds(domain)) is not None:
+        return jnp.log(x - ab[0]) - jnp.log(ab[1] - x)
     return x
 
 
@@ -40,7 +56,27 @@ def from_unconstrained(domain: str, u):
         return jnp.exp(u)
     if domain == "unit":
         return jax.nn.sigmoid(u)
+    if (ab := domain_bounds(domain)) is not None:
+        return ab[0] + (ab[1] - ab[0]) * jax.nn.sigmoid(u)
     return u
+
+
+def natural_per_unconstrained(domain: str, x):
+    """d x / d u at the natural-scale value x (the delta method's factor for an SE)."""
+    if domain == "positive":
+        return x
+    if domain == "unit":
+        return x * (1 - x)
+    if (ab := domain_bounds(domain)) is not None:
+        return (x - ab[0]) * (ab[1] - x) / (ab[1] - ab[0])
+    return 1.0 + 0.0 * x
+
+
+def scale_name(domain: str) -> str:
+    """The scale a parameter is estimated on, for tables."""
+    if (ab := domain_bounds(domain)) is not None:
+        return f"logit on ({ab[0]:g}, {ab[1]:g})"
+    return {"positive": "log", "unit": "logit", "real": "linear"}[domain]
 
 
 @dataclasses.dataclass(frozen=True)

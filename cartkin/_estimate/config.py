@@ -141,8 +141,19 @@ def config_from_dict(raw: Mapping, path: str | Path) -> FitConfig:
         sig[e.output] = float(ep.get("sigma", 0.5))
         sig[e.output + "_prop"] = float(ep.get("sigma_prop", 0.2))
     par = raw["parameters"]
-    _only(path, "parameters", par, {"estimate", "fixed"})
+    _only(path, "parameters", par, {"estimate", "fixed", "bounds"})
     est = {k: float(v) for k, v in par.get("estimate", {}).items()}
+    bounds = {}
+    for k, ab in par.get("bounds", {}).items():
+        ok = (isinstance(ab, list) and len(ab) == 2
+              and all(isinstance(v, int | float) and not isinstance(v, bool) for v in ab))
+        if not ok:
+            raise _err(path, f"[parameters] bounds {k} must be [lower, upper], not {ab!r}")
+        if k not in est:
+            raise _err(path, f"[parameters] bounds names {k!r}, which is not under estimate")
+        if not ab[0] < est[k] < ab[1]:
+            raise _err(path, f"[parameters] estimate {k} = {est[k]} is not inside its bounds {ab}")
+        bounds[k] = (float(ab[0]), float(ab[1]))
     fixed = {k: float(v) for k, v in par.get("fixed", {}).items()}
     for k, v in {**est, **fixed}.items():
         if k not in model.parameters:
@@ -178,7 +189,7 @@ def config_from_dict(raw: Mapping, path: str | Path) -> FitConfig:
     try:
         stat = StatModel(model, tuple(eps), iiv=tuple(est), fixed=fixed,
                          omega_blocks=tuple(tuple(b) for b in iiv.get("blocks", [])),
-                         covariates=tuple(effects))
+                         covariates=tuple(effects), bounds=bounds)
     except ValueError as e:
         raise _err(path, str(e)) from None
     meth = raw.get("method", {})

@@ -20,7 +20,7 @@ from .._likelihood import (
     FitData, SolverSettings, StatModel, data_arrays, kind_codes, make_draws_predictor,
 )
 from .._models.base import ClosedFormModel
-from .._population import from_unconstrained
+from .._population import from_unconstrained, natural_per_unconstrained, scale_name
 from .._progress import progress_bar
 from .importance import ISOptions, make_importance_sampler
 from .residuals import sdtab
@@ -393,10 +393,10 @@ def parameter_table(stat, params, layout, se, ebe, X, data, res) -> pd.DataFrame
             if p == 0:
                 est = float(from_unconstrained(dom, b))
                 lo, hi = (float(from_unconstrained(dom, b + sgn * z * s)) for sgn in (-1, 1))
-                d_est = {"positive": est, "unit": est * (1 - est), "real": 1.0}[dom]
+                d_est = float(natural_per_unconstrained(dom, est))
                 rows.append({"kind": "theta", "parameter": name, "unit": stat.model.parameters[name].unit,
                              "estimate": est, "se": d_est * s, "rse_pct": 100 * d_est * s / abs(est),
-                             "ci_low": lo, "ci_high": hi, "scale": {"positive": "log", "unit": "logit", "real": "linear"}[dom]})
+                             "ci_low": lo, "ci_high": hi, "scale": scale_name(dom)})
             else:
                 rows.append({"kind": "covariate", "parameter": f"{name}~{cov_names[j][p - 1]}", "unit": "",
                              "estimate": b, "se": s, "rse_pct": 100 * s / abs(b) if b else np.nan,
