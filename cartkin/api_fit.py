@@ -8,6 +8,7 @@ from pathlib import Path
 from ._estimate.config import fitdata_from_dataset, load_config
 from ._estimate.fit import FitResult, fit
 from ._estimate.rundir import write_fit
+from ._estimate.saem import saem_settings
 from ._output import atomic_directory
 from ._record import file_hash, versions
 
@@ -40,7 +41,7 @@ def run_fit(config: str | Path, out: str | Path | None = None, *, progress: bool
             "solver": {"solver": type(cfg.settings.solver).__name__ if cfg.settings.solver else "default",
                        "rtol": cfg.settings.rtol, "atol": cfg.settings.atol,
                        "max_steps": cfg.settings.max_steps,
-                       "saem_rtol": max(cfg.settings.rtol, cfg.saem.rtol)},
+                       "saem_rtol": saem_settings(cfg.settings, cfg.saem).rtol},
             "wall_seconds": wall, "versions": versions(),
         }
         with atomic_directory(out) as tmp:

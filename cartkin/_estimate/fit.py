@@ -24,7 +24,7 @@ from .._population import from_unconstrained, natural_per_unconstrained, scale_n
 from .._progress import progress_bar
 from .importance import ISOptions, make_importance_sampler
 from .residuals import sdtab
-from .saem import SAEMOptions, make_saem, sigma_layout
+from .saem import SAEMOptions, make_saem, saem_settings, sigma_layout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,8 +111,8 @@ def fit(
         if p:
             sig0.append(sigma_init.get(e.output + "_prop", 0.2) if isinstance(sigma_init, Mapping) else 0.2)
     predict_saem = predict_draws
-    if not isinstance(stat.model, ClosedFormModel) and saem.rtol > settings.rtol:
-        predict_saem = make_draws_predictor(stat, dataclasses.replace(settings, rtol=saem.rtol))
+    if not isinstance(stat.model, ClosedFormModel) and saem_settings(settings, saem) != settings:
+        predict_saem = make_draws_predictor(stat, saem_settings(settings, saem))
     init_fn, run_block, _ = make_saem(stat, predict_saem, arrays, X, codes=codes, options=saem)
     sample = make_importance_sampler(stat, predict_draws, arrays, X, codes, importance)
     n_iter = saem.k1 + saem.k2

@@ -55,6 +55,17 @@ class SAEMOptions:
 SUBJECT = ("phi", "f", "ok", "ll", "s_rw", "s_comp")  # the per-subject part of the state
 
 
+def saem_settings(settings, options: SAEMOptions):
+    """The solver settings of SAEM's ODE solves: the fit's, with the larger of the two relative
+    tolerances (``options.rtol``)."""
+    return dataclasses.replace(settings, rtol=max(settings.rtol, options.rtol))
+
+
+def _strong(tree):
+    """The arrays of ``tree`` without weak types (a weak-typed input traces a program again)."""
+    return jax.tree.map(lambda x: jnp.array(x, dtype=x.dtype), tree)
+
+
 def make_saem(stat, predict_draws, data, X, options: SAEMOptions, codes):
     """Build ``init(params0) -> state`` and ``run_block(state, ks) -> (state, trace)``."""
     N, d = data["time"].shape[0], len(stat.iiv)
@@ -246,8 +257,7 @@ def make_saem(stat, predict_draws, data, X, options: SAEMOptions, codes):
         width = jnp.full((d,), 1e-300)
         start = (phi0, jnp.zeros(data_pad["time"].shape), jnp.zeros(n_pad, bool),
                  jnp.full((n_pad,), -jnp.inf), s_rw0, s_comp0)
-        strong = (start, (phi0, jnp.diag(width), width, sa, sp))
-        start, e_in0 = jax.tree.map(lambda x: jnp.array(x, dtype=x.dtype), strong)
+        start, e_in0 = _strong((start, (phi0, jnp.diag(width), width, sa, sp)))
         key0, subj0, e_in0 = to_devices(jax.random.PRNGKey(options.seed), start, e_in0)
         _, f0, ok0, ll0, _, _ = e_step(key0, subj0, *e_in0)
         if n_dev > 1:
@@ -262,7 +272,7 @@ def make_saem(stat, predict_draws, data, X, options: SAEMOptions, codes):
         }
         # strong types throughout, so that every block reuses one compilation; on several
         # devices, laid out as m_step_all returns it (else its second call traces it again)
-        state = jax.tree.map(lambda x: jnp.array(x, dtype=x.dtype), state)
+        state = _strong(state)
         return jax.device_put(state, one) if n_dev > 1 else state
 
     return init, run_block, n_free
