@@ -121,6 +121,59 @@ def residual_loglik(kind_codes, y, f, cens, limit, sigma_add, sigma_prop, mask):
     return jnp.where(mask, jnp.where(cens == 0, ll_obs, ll_cens), 0.0)
 
 
+def residual_loglik_sigma_derivatives(endpoints, data_i, f, log_sigma):
+    """One subject's residual log-likelihood (summed over records, M3 included) with its
+    gradient (n_s,) and Hessian (n_s, n_s) in the free log residual SDs ``log_sigma``
+    (:func:`sigma_layout`'s order): what Louis's formula needs per draw, in one pass.
+
+    Per record the log-likelihood depends on sigma only through s = log sd: uncensored,
+    l = -z^2/2 - s + c with z = (y - m) e^-s, so dl/ds = z^2 - 1 and d2l/ds2 = -2 z^2; censored,
+    l = log Phi(u) with u = +-(limit - m) e^-s, so dl/ds = -u lam and d2l/ds2 = u lam (1 - u (u +
+    lam)), lam = phi(u) / Phi(u) (from the log Phi already computed). s is log sigma_add or
+    log sigma_prop plus a constant, except for the combined error (s = log(sa^2 + sp^2 f^2) / 2),
+    whose weights wa = sa^2 / V, wp = 1 - wa give ds = (wa, wp) and d2s = 2 wa wp [[1, -1], [-1,
+    1]]. Same values as autodiff of :func:`record_loglik` (``tests/test_derivatives.py``); an
+    importance-sampling chunk's weighing took half the seconds of autodiff's."""
+    add, prop = sigma_layout(endpoints)
+    n_s = int(add.sum() + prop.sum())
+    Ea = np.zeros((len(endpoints), n_s))  # endpoint -> its additive parameter (one-hot)
+    Ea[np.flatnonzero(add), np.arange(add.sum())] = 1.0
+    Ep = np.zeros((len(endpoints), n_s))
+    Ep[np.flatnonzero(prop), add.sum() + np.arange(prop.sum())] = 1.0
+    codes = kind_codes(endpoints)
+    sa, sp = sigma_per_endpoint(endpoints, jnp.exp(log_sigma))
+    ep, mask, cens = data_i["endpoint"], data_i["mask"], data_i["cens"]
+    kind, sa, sp = jnp.asarray(codes)[ep], sa[ep], sp[ep]
+    is_log = kind == 0
+    safe_f = jnp.where(mask, f, 1.0)
+    m = jnp.where(is_log, jnp.log(jnp.maximum(safe_f, 1e-300)), safe_f)
+    y = data_i["dv"]
+    yy = jnp.where(is_log, jnp.log(jnp.where(mask & (y > 0), y, 1.0)), y)
+    lim = jnp.where(is_log, jnp.log(jnp.where(mask & (data_i["limit"] > 0), data_i["limit"], 1.0)),
+                    data_i["limit"])
+    sd = residual_sd(kind, safe_f, sa, sp)
+    z = (yy - m) / sd
+    l_obs = -0.5 * z**2 - jnp.log(sd) - 0.5 * np.log(2 * np.pi)
+    u = jnp.where(cens == 0, 0.0, jnp.where(cens == -1, -1.0, 1.0) * (lim - m) / sd)
+    l_cen = log_ndtr(u)
+    lam = jnp.exp(-0.5 * u**2 - 0.5 * np.log(2 * np.pi) - l_cen)
+    obs = mask & (cens == 0)
+    cen = mask & (cens != 0)
+    ll = jnp.where(obs, l_obs, jnp.where(cen, l_cen, 0.0))
+    l_s = jnp.where(obs, z**2 - 1.0, jnp.where(cen, -u * lam, 0.0))
+    l_ss = jnp.where(obs, -2.0 * z**2, jnp.where(cen, u * lam * (1.0 - u * (u + lam)), 0.0))
+    wa = jnp.where(kind == 3, sa**2 / sd**2, jnp.where(kind == 2, 0.0, 1.0))
+    wp = 1.0 - wa
+    comb = jnp.where(kind == 3, 2.0 * wa * wp, 0.0)
+    Ea_r, Ep_r = jnp.asarray(Ea)[ep], jnp.asarray(Ep)[ep]  # (T, n_s)
+    ds = wa[:, None] * Ea_r + wp[:, None] * Ep_r
+    dd = Ea_r - Ep_r  # the combined error's second derivative: 2 wa wp dd dd'
+    grad = l_s @ ds
+    hess = (jnp.einsum("t,ti,tj->ij", l_ss, ds, ds)
+            + jnp.einsum("t,ti,tj->ij", l_s * comb, dd, dd))
+    return ll.sum(), grad, hess
+
+
 def log_ndtr(z):
     """log Phi(z), the standard normal log-CDF, for the M3 likelihood: one erfc per value above
     z = -20, the asymptotic series (six terms) below, where the second derivative of log(erfc)

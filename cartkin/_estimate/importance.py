@@ -43,6 +43,7 @@ from .._likelihood import (
     forward_substitution,
     map_subjects,
     record_loglik,
+    residual_loglik_sigma_derivatives,
     sigma_layout,
     sigma_per_endpoint,
 )
@@ -164,8 +165,6 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         return jnp.linalg.cholesky(layout.unpack(psi)[1]), (a0, A1, A2)
 
     hess_prior = jax.hessian(prior_moments)
-    grad_resid = jax.grad(resid)
-    hess_resid = jax.hessian(resid)
 
     def draws(key, mix_i, mu_i, L_pop, M):
         """M proposal draws for one subject (its own key: the same draws whatever the devices)."""
@@ -209,7 +208,11 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         def per_subject(phi_i, f, code, lq, mu_i, data_i, a0, A1, A2, ls, L_pop):
             ok = code == 0
             lprior = eta_logprior(phi_i - mu_i, L_pop)
-            lr = jax.vmap(lambda fi: resid(ls, fi, data_i))(f)
+            if louis:  # the residual part of each draw's score and Hessian in the same pass
+                lr, gr, hr = jax.vmap(lambda fi: residual_loglik_sigma_derivatives(
+                    stat.endpoints, data_i, fi, ls))(f)
+            else:
+                lr = jax.vmap(lambda fi: resid(ls, fi, data_i))(f)
             lc = lr + lprior
             lw = jnp.where(ok & jnp.isfinite(lc), lc - lq, -jnp.inf)
             fin = jnp.isfinite(lw)
@@ -222,9 +225,6 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
                    "best": phi_i[jnp.argmax(lw)], "best_lw": jnp.max(lw), "lw": lw}
             if louis:
                 gp = a0 + phi_i @ A1.T + jnp.einsum("kij,mi,mj->mk", A2, phi_i, phi_i)
-                f_safe = jnp.where(fin[:, None], f, 1.0)
-                gr = jax.vmap(lambda fi: grad_resid(ls, fi, data_i))(f_safe)
-                hr = jax.vmap(lambda fi: hess_resid(ls, fi, data_i))(f_safe)
                 gall = gp.at[:, layout.size - n_s:].add(gr)
                 gall = jnp.where(fin[:, None], gall, 0.0)
                 hr = jnp.where(fin[:, None, None], hr, 0.0)
