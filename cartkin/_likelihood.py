@@ -476,6 +476,9 @@ def make_draws_predictor(stat: StatModel, settings: SolverSettings = SolverSetti
     # 250 importance-sampling draws (t with 4 degrees of freedom): 8.8 us per solve with one
     # subject (250 lanes) per loop, 9.2 with 500, 12.6 with 1,000 (the heavy-tailed draws make
     # stragglers); all 50,000 in one loop was 2.4x slower than 1,000. A GPU needs wide loops.
+    # (One subject per loop without a vmap around it: 7.9 -> 6.6 us, 100 x 250 draws.) An
+    # explicit pair (Dormand-Prince 5(4) in this same loop) took 28 us per solve on those draws,
+    # and 9 of 25,000 ran out of steps: the t tails reach decline rates that make it stiff.
     predict_draws.lanes = 256 if jax.default_backend() == "cpu" else 1 << 17
     predict_draws.split = True  # its linear algebra is unrolled: no LAPACK call
     return predict_draws
@@ -487,8 +490,11 @@ def map_subjects(predict_draws, phi, data):
     lanes = getattr(predict_draws, "lanes", None)
     if lanes is None:
         return jax.vmap(predict_draws)(phi, data)
+    per_loop = max(1, min(phi.shape[0], lanes // phi.shape[1]))
+    # one subject per loop: a plain map (a vmap of one would batch the solver's while_loop,
+    # which costs tracing time and a select of every carry at every step)
     return jax.lax.map(lambda x: predict_draws(*x), (phi, data),
-                       batch_size=max(1, min(phi.shape[0], lanes // phi.shape[1])))
+                       batch_size=per_loop if per_loop > 1 else None)
 
 
 def data_arrays(data: FitData) -> dict[str, jnp.ndarray]:
