@@ -437,7 +437,8 @@ def solve_batch(
     sparse: bool = True,
     interpolate: bool = False,
 ):
-    """States, outputs and status of N patients at ``times`` (sorted, days).
+    """States, outputs and status of N patients at ``times`` (sorted, days): one grid (T,) for
+    all, or one per patient (N, T).
 
     ``theta``: name -> (N,); ``ev_time``, ``ev_dose``: (N, E); ``ev_log_effect``: (N, E, P).
     Returns ``(states (N, T, n), outputs {name: (N, T)}, status (N,))``, like a vmapped
@@ -457,13 +458,14 @@ def solve_batch(
     theta = {k: jnp.asarray(theta[k], float) for k in names}
     times = jnp.asarray(times, float)
     N = theta[names[0]].shape[0]
-    T = times.shape[0]
+    T = times.shape[-1]
+    per_lane = times.ndim == 2  # each patient its own saved times
     n = len(model.states)
     dtype = times.dtype
 
     # --- per-patient segments: boundaries, the dose and theta of each (patients innermost) ---
-    t_start = jnp.minimum(0.0, times[0])
-    t_end = times[-1]
+    t_start = jnp.minimum(0.0, times[..., 0])  # () or (N,)
+    t_end = times[..., -1]
     sw = jax.vmap(model.switch_times)(theta)  # (N, n_sw)
     n_sw = sw.shape[1]
     all_t = jnp.concatenate([ev_time, sw], axis=1)
@@ -473,15 +475,13 @@ def solve_batch(
     all_t = jnp.take_along_axis(all_t, order, axis=1)
     all_dose = jnp.take_along_axis(all_dose, order, axis=1)
     all_eff = jnp.take_along_axis(all_eff, order[:, :, None], axis=1)
-    inert = all_t > t_end
+    inert = all_t > t_end[..., None]
     all_dose = jnp.where(inert, 0.0, all_dose)
     all_eff = jnp.where(inert[:, :, None], 0.0, all_eff)
     K = all_t.shape[1]
     n_seg = K + 1
-    bounds = jnp.concatenate(
-        [jnp.full((N, 1), t_start), jnp.clip(all_t, t_start, t_end), jnp.full((N, 1), t_end)],
-        axis=1,
-    )
+    lo, hi = jnp.broadcast_to(t_start, (N,))[:, None], jnp.broadcast_to(t_end, (N,))[:, None]
+    bounds = jnp.concatenate([lo, jnp.clip(all_t, lo, hi), hi], axis=1)
     log_mult = jnp.concatenate(
         [jnp.zeros((N, 1, len(names))), jnp.cumsum(all_eff, axis=1)], axis=1
     )  # (N, n_seg, P)
@@ -511,7 +511,7 @@ def solve_batch(
     # --- initial step (Hairer & Wanner I.II.4, first guess) ---
     y0 = jax.vmap(model.initial_state, out_axes=1)(theta)  # (n, N)
     th0 = {k: v[0] for k, v in th_seg.items()}
-    t0 = jnp.full((N,), t_start, dtype)
+    t0 = jnp.broadcast_to(t_start, (N,)).astype(dtype)
     f0 = vf(t0, y0, th0)
     sc0 = atol + rtol * jnp.abs(y0)
     d0 = jnp.sqrt(jnp.mean((y0 / sc0) ** 2, axis=0))
@@ -520,8 +520,13 @@ def solve_batch(
     h0 = jnp.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1)
     h0 = jnp.clip(h0, 1e-10, jnp.maximum(0.01 * span, 1e-6))
 
-    times_ext = jnp.concatenate([times, jnp.full((_WINDOW + 1,), jnp.inf, dtype)])
+    times_ext = jnp.concatenate(
+        [times, jnp.full(times.shape[:-1] + (_WINDOW + 1,), jnp.inf, dtype)], axis=-1)
     lanes = jnp.arange(N)
+
+    def saved_time(j):
+        """Each lane's saved time number j (N,) (or (W, N)); inf past the last."""
+        return times_ext[lanes, j] if per_lane else times_ext[j]
     max_it = n_seg * (max_steps + 2) + T + 8
     OK = jnp.int32(Status.OK)
 
@@ -534,7 +539,7 @@ def solve_batch(
     def _save_window(ys, j, accept, t0, t1, h, y0, y1, Ks):
         # rows j .. j + _WINDOW - 1 of each lane in one write: saved times before t1 get the
         # continuous extension, the others NaN (written again, correctly, by a later step)
-        ts = times_ext[j[None, :] + jnp.arange(_WINDOW)[:, None]]  # (W, N)
+        ts = saved_time(j[None, :] + jnp.arange(_WINDOW)[:, None])  # (W, N)
         inside = accept[None, :] & (ts < t1[None, :])
         x = jnp.where(inside, (ts - t0[None, :]) / h[None, :], 0.0)[:, None, :]  # (W, 1, N)
         poly = Ks[-1][None]
@@ -565,7 +570,7 @@ def solve_batch(
         pending = (k < n_seg - 1) & (t >= end)  # several events at one time: one per iteration
         # 2. save (after every event at t: right-continuous); with interpolation only the last
         #    time needs this (a step from t saves a time equal to t at theta = 0)
-        t_save = times_ext[j]
+        t_save = saved_time(j)
         save = live & ~pending & (t >= t_save)
         if interpolate:
             save = save & (t >= t_end)
@@ -575,14 +580,14 @@ def solve_batch(
         else:
             ys = _store(ys, jnp.where(save, j, T), y)
         j = j + save.astype(j.dtype)
-        t_save = times_ext[j]
+        t_save = saved_time(j)
         # 3. one step attempt, shortened to end on the next boundary (or saved time)
         go = live & ~pending & (j < T)
         status = jnp.where(go & (nseg >= max_steps), jnp.int32(Status.MAX_STEPS), status)
         go = go & (nseg < max_steps)
         target = jnp.minimum(t + h, end)
         if interpolate:  # at most _WINDOW saved times inside a step: one write per step
-            target = jnp.minimum(target, times_ext[j + _WINDOW])
+            target = jnp.minimum(target, saved_time(j + _WINDOW))
         else:
             target = jnp.minimum(target, t_save)
         h_eff = jnp.where(go, target - t, 1.0)
@@ -629,8 +634,8 @@ def solve_batch(
     status = jnp.where((status == OK) & (j < T), jnp.int32(Status.MAX_STEPS), status)
 
     ys = ys[:, :T]  # (N, T, n)
-    out = jax.vmap(lambda y_i, th_i: jax.vmap(lambda t, y: model.observe(t, y, th_i))(times, y_i))(
-        ys, theta
+    out = jax.vmap(lambda t_i, y_i, th_i: jax.vmap(lambda t, y: model.observe(t, y, th_i))(t_i, y_i))(
+        jnp.broadcast_to(times, (N, T)), ys, theta
     )
     finite = jnp.all(jnp.isfinite(ys), axis=(1, 2))
     for v in out.values():

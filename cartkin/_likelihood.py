@@ -447,39 +447,49 @@ def make_draws_predictor(stat: StatModel, settings: SolverSettings = SolverSetti
 
     outputs = [e.output for e in stat.endpoints]
 
-    def predict_draws(phi, data_i):
-        M = phi.shape[0]
-        theta = jax.vmap(stat.theta_from_phi)(phi)
-        ev_time, ev_dose, ev_eff = data_i["ev_time"], data_i["ev_dose"], data_i["ev_log_effect"]
+    def predict_many(phi, data):
+        """phi (G, M, d) of G subjects (data: leading axis G) -> (f (G, M, T), status (G, M)):
+        all G x M solves in one loop of lanes, each lane with its subject's saved times and
+        doses."""
+        G, M = phi.shape[:2]
+        theta = jax.vmap(stat.theta_from_phi)(phi.reshape(G * M, -1))
         # the solver saves at strictly increasing times: a repeated time (two endpoints sampled
         # together, padding) is read from its first occurrence, and its slot in the grid moves
         # just past the last time
-        t = data_i["time"]
-        T = t.shape[0]
+        t = data["time"]
+        T = t.shape[1]
         idx = jnp.arange(T)
-        dup = jnp.concatenate([jnp.zeros(1, bool), t[1:] <= t[:-1]])
-        first = jax.lax.cummax(jnp.where(dup, 0, idx))
-        grid = jnp.where(dup, t[-1] + 1e-3 * (1 + idx), t)
-        order = jnp.argsort(grid)
-        where = jnp.argsort(order)[first]
+        dup = jnp.concatenate([jnp.zeros((G, 1), bool), t[:, 1:] <= t[:, :-1]], axis=1)
+        first = jax.lax.cummax(jnp.where(dup, 0, idx), axis=1)
+        grid = jnp.where(dup, t[:, -1:] + 1e-3 * (1 + idx), t)
+        order = jnp.argsort(grid, axis=1)
+        where = jnp.take_along_axis(jnp.argsort(order, axis=1), first, axis=1)
+
+        def lanes_of(a):  # per subject -> per lane (subject-major)
+            return jnp.repeat(a, M, axis=0, total_repeat_length=G * M)
+
         _, out, status = solve_batch(
-            model, theta, grid[order], jnp.broadcast_to(ev_time, (M,) + ev_time.shape),
-            jnp.broadcast_to(ev_dose, (M,) + ev_dose.shape),
-            jnp.broadcast_to(ev_eff, (M,) + ev_eff.shape),
+            model, theta, lanes_of(jnp.take_along_axis(grid, order, axis=1)),
+            lanes_of(data["ev_time"]), lanes_of(data["ev_dose"]), lanes_of(data["ev_log_effect"]),
             rtol=settings.rtol, atol=settings.atol, max_steps=settings.max_steps,
         )
-        F = jnp.stack([out[o] for o in outputs], axis=1)[:, :, where]  # (M, n_endpoints, T)
-        return F[:, data_i["endpoint"], idx], status
+        F = jnp.stack([out[o] for o in outputs], axis=1).reshape(G, M, len(outputs), T)
+        f = jax.vmap(lambda F_g, w, ep: F_g[:, :, w][:, ep, idx])(F, where, data["endpoint"])
+        return f, status.reshape(G, M)
+
+    def predict_draws(phi, data_i):
+        f, status = predict_many(phi[None], jax.tree.map(lambda a: a[None], data_i))
+        return f[0], status[0]
 
     # an adaptive loop runs until its slowest lane is done: group subjects so that one loop
     # carries about this many lanes. Measured on the Stein ODE form on the CPU, 200 subjects x
     # 250 importance-sampling draws (t with 4 degrees of freedom): 8.8 us per solve with one
     # subject (250 lanes) per loop, 9.2 with 500, 12.6 with 1,000 (the heavy-tailed draws make
     # stragglers); all 50,000 in one loop was 2.4x slower than 1,000. A GPU needs wide loops.
-    # (One subject per loop without a vmap around it: 7.9 -> 6.6 us, 100 x 250 draws.) An
-    # explicit pair (Dormand-Prince 5(4) in this same loop) took 28 us per solve on those draws,
+    # An explicit pair (Dormand-Prince 5(4) in this same loop) took 28 us per solve on those draws,
     # and 9 of 25,000 ran out of steps: the t tails reach decline rates that make it stiff.
     predict_draws.lanes = 256 if jax.default_backend() == "cpu" else 1 << 17
+    predict_draws.many = predict_many
     predict_draws.split = True  # its linear algebra is unrolled: no LAPACK call
     return predict_draws
 
@@ -490,11 +500,25 @@ def map_subjects(predict_draws, phi, data):
     lanes = getattr(predict_draws, "lanes", None)
     if lanes is None:
         return jax.vmap(predict_draws)(phi, data)
-    per_loop = max(1, min(phi.shape[0], lanes // phi.shape[1]))
-    # one subject per loop: a plain map (a vmap of one would batch the solver's while_loop,
-    # which costs tracing time and a select of every carry at every step)
-    return jax.lax.map(lambda x: predict_draws(*x), (phi, data),
-                       batch_size=per_loop if per_loop > 1 else None)
+    # groups of G subjects, each group's G x M solves one loop of lanes (predict_draws.many).
+    # Not a vmap of the solver over subjects: that batches its while_loop, which cost tracing
+    # time and a select of every carry at every step (one subject of 250 draws per loop: 7.9 ->
+    # 6.6 us per solve without it; SAEM's E-step of the Stein ODE form, 100 subjects x 1 chain
+    # per loop: 15% fewer seconds)
+    N, M = phi.shape[:2]
+    G = max(1, min(N, lanes // M))
+    n_groups = -(-N // G)
+
+    def grouped(a):  # (N, ...) -> (n_groups, G, ...), padded with copies of the last subject
+        a = jnp.concatenate([a, jnp.repeat(a[-1:], n_groups * G - N, axis=0)]) if n_groups * G > N else a
+        return a.reshape((n_groups, G) + a.shape[1:])
+
+    xs = jax.tree.map(grouped, (phi, data))
+    if n_groups == 1:
+        f, status = predict_draws.many(*jax.tree.map(lambda a: a[0], xs))
+    else:
+        f, status = jax.lax.map(lambda x: predict_draws.many(*x), xs)
+    return f.reshape((n_groups * G,) + f.shape[-2:])[:N], status.reshape(n_groups * G, M)[:N]
 
 
 def data_arrays(data: FitData) -> dict[str, jnp.ndarray]:

@@ -79,6 +79,40 @@ def test_batched_predictions_at_repeated_times_equal_diffrax():
         np.testing.assert_allclose(f[m], r, rtol=1e-6)
 
 
+def test_subjects_grouped_in_one_loop_keep_their_own_times_and_doses():
+    """``map_subjects`` solves a group of subjects (few draws each) as one loop of lanes, each
+    lane with its subject's saved times (repeated and padded ones included) and doses: every
+    subject must get what a per-subject diffrax solve gives, also with more subjects than one
+    group holds (a map over groups, the last padded)."""
+    import jax
+    import jax.numpy as jnp
+
+    from cartkin._likelihood import SolverSettings, make_draws_predictor, make_predictor, map_subjects
+
+    stat = StatModel(Stein2019ODE(), (Endpoint("C", 1, "log_additive"),), iiv=IIV,
+                     fixed={"Fexp": 1.0})
+    rng = np.random.default_rng(5)
+    N, M, T = 7, 3, 8
+    times = np.sort(rng.uniform(0.5, 120.0, (N, T)), axis=1)
+    times[1, 3] = times[1, 2]  # two endpoints sampled together
+    times[2, -3:] = times[2, -4]  # padding repeats the last time
+    data = {"time": jnp.asarray(times), "endpoint": jnp.zeros((N, T), int),
+            "ev_time": jnp.asarray(rng.uniform(0.0, 2.0, (N, 1))),
+            "ev_dose": jnp.asarray(rng.lognormal(18.0, 1.0, (N, 1))),
+            "ev_log_effect": jnp.zeros((N, 1, 7))}
+    phi0 = np.asarray(stat.phi_from_theta(INIT))
+    phi = jnp.asarray(phi0 + 0.3 * rng.normal(size=(N, M, len(IIV))))
+    predict = make_draws_predictor(stat, SolverSettings(rtol=1e-9, atol=1e-12))
+    ref = make_predictor(stat, SolverSettings(rtol=1e-10, atol=1e-12))
+    r, r_ok = jax.jit(jax.vmap(jax.vmap(ref, (0, None))))(phi, data)  # per subject, per draw
+    assert bool(r_ok.all())
+    for lanes in (64, 6):  # one group of 7 subjects; groups of 2 (the last padded)
+        predict.lanes = lanes
+        f, code = jax.jit(lambda p, d: map_subjects(predict, p, d))(phi, data)
+        assert f.shape == (N, M, T) and bool((code == 0).all())
+        np.testing.assert_allclose(f, r, rtol=1e-6)
+
+
 def test_failed_solves_are_reported_per_subject_with_their_cause():
     """A solve that runs out of steps comes back flagged (Status code), and the fit's failure
     table names the subject, the count and the cause."""
