@@ -99,25 +99,33 @@ def residual_sd(kind_codes, f, sigma_add, sigma_prop):
     )
 
 
-def residual_loglik(kind_codes, y, f, cens, limit, sigma_add, sigma_prop, mask):
-    """Log-likelihood of each record given the prediction f (M3 for censored records).
-
-    ``kind_codes`` per record: 0 log-additive, 1 additive, 2 proportional, 3 combined.
-    ``sigma_add``/``sigma_prop`` per record (the endpoint's parameters).
-    """
+def _record_terms(kind_codes, y, f, cens, limit, sigma_add, sigma_prop, mask):
+    """Per record: the residual SD, the standardised residual z, the M3 argument u and the
+    uncensored and censored log-likelihoods (see :func:`residual_loglik`)."""
     is_log = kind_codes == 0
     safe_f = jnp.where(mask, f, 1.0)
     m = jnp.where(is_log, jnp.log(jnp.maximum(safe_f, 1e-300)), safe_f)
     yy = jnp.where(is_log, jnp.log(jnp.where(mask & (y > 0), y, 1.0)), y)
     lim = jnp.where(is_log, jnp.log(jnp.where(mask & (limit > 0), limit, 1.0)), limit)
     sd = residual_sd(kind_codes, safe_f, sigma_add, sigma_prop)
-    z_obs = (yy - m) / sd
-    ll_obs = -0.5 * z_obs**2 - jnp.log(sd) - 0.5 * jnp.log(2 * jnp.pi)
+    z = (yy - m) / sd
+    ll_obs = -0.5 * z**2 - jnp.log(sd) - 0.5 * jnp.log(2 * jnp.pi)
     z_lim = (lim - m) / sd
-    # M3: log P(y < LLOQ) = log Phi(z) for CENS=1, log P(y > ULOQ) = log Phi(-z) for CENS=-1
-    # (z = 0 on uncensored records: their limit may be infinite, and a derivative through the
-    # unused branch must stay finite)
-    ll_cens = log_ndtr(jnp.where(cens == 0, 0.0, jnp.where(cens == -1, -z_lim, z_lim)))
+    # M3: log P(y < LLOQ) = log Phi(u), u = z for CENS=1, log P(y > ULOQ) = log Phi(-z) for
+    # CENS=-1 (u = 0 on uncensored records: their limit may be infinite, and a derivative
+    # through the unused branch must stay finite)
+    u = jnp.where(cens == 0, 0.0, jnp.where(cens == -1, -z_lim, z_lim))
+    return sd, z, u, ll_obs, log_ndtr(u)
+
+
+def residual_loglik(kind_codes, y, f, cens, limit, sigma_add, sigma_prop, mask):
+    """Log-likelihood of each record given the prediction f (M3 for censored records).
+
+    ``kind_codes`` per record: 0 log-additive, 1 additive, 2 proportional, 3 combined.
+    ``sigma_add``/``sigma_prop`` per record (the endpoint's parameters).
+    """
+    _, _, _, ll_obs, ll_cens = _record_terms(kind_codes, y, f, cens, limit, sigma_add,
+                                             sigma_prop, mask)
     return jnp.where(mask, jnp.where(cens == 0, ll_obs, ll_cens), 0.0)
 
 
@@ -144,18 +152,8 @@ def residual_loglik_sigma_derivatives(endpoints, data_i, f, log_sigma):
     sa, sp = sigma_per_endpoint(endpoints, jnp.exp(log_sigma))
     ep, mask, cens = data_i["endpoint"], data_i["mask"], data_i["cens"]
     kind, sa, sp = jnp.asarray(codes)[ep], sa[ep], sp[ep]
-    is_log = kind == 0
-    safe_f = jnp.where(mask, f, 1.0)
-    m = jnp.where(is_log, jnp.log(jnp.maximum(safe_f, 1e-300)), safe_f)
-    y = data_i["dv"]
-    yy = jnp.where(is_log, jnp.log(jnp.where(mask & (y > 0), y, 1.0)), y)
-    lim = jnp.where(is_log, jnp.log(jnp.where(mask & (data_i["limit"] > 0), data_i["limit"], 1.0)),
-                    data_i["limit"])
-    sd = residual_sd(kind, safe_f, sa, sp)
-    z = (yy - m) / sd
-    l_obs = -0.5 * z**2 - jnp.log(sd) - 0.5 * np.log(2 * np.pi)
-    u = jnp.where(cens == 0, 0.0, jnp.where(cens == -1, -1.0, 1.0) * (lim - m) / sd)
-    l_cen = log_ndtr(u)
+    sd, z, u, l_obs, l_cen = _record_terms(kind, data_i["dv"], f, cens, data_i["limit"], sa, sp,
+                                           mask)
     lam = jnp.exp(-0.5 * u**2 - 0.5 * np.log(2 * np.pi) - l_cen)
     obs = mask & (cens == 0)
     cen = mask & (cens != 0)
