@@ -114,8 +114,7 @@ def fit(
     if not isinstance(stat.model, ClosedFormModel) and saem_settings(settings, saem) != settings:
         predict_saem = make_draws_predictor(stat, saem_settings(settings, saem))
     init_fn, run_block, _ = make_saem(stat, predict_saem, arrays, X, codes=codes, options=saem)
-    sample = make_importance_sampler(stat, predict_draws, arrays, X, codes, importance,
-                                     predict_search=predict_saem)
+    sample = make_importance_sampler(stat, predict_draws, arrays, X, codes, importance)
     n_iter = saem.k1 + saem.k2
     runs = []
     t_is = 0.0

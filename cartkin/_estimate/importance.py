@@ -122,13 +122,10 @@ def _mvt_logpdf(x, m, chol, nu):
     )
 
 
-def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOptions = ISOptions(),
-                            predict_search=None):
+def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOptions = ISOptions()):
     """Build the sampler once (its programs compile once per fit); returns
     ``sample(params, post_mean, post_cov, progress=False, m2ll=True) -> dict`` (see
-    :func:`importance_sample`). ``predict_search``: the predictions of the mode search (default
-    ``predict_draws``; a fit passes SAEM's looser ODE solves: the search only places proposal
-    components, and the weights are computed from ``predict_draws``)."""
+    :func:`importance_sample`)."""
     X = jnp.asarray(X)
     N, d = X.shape[0], X.shape[1]
     T = data["time"].shape[1]
@@ -272,8 +269,7 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         return (len(idx), pidx, *jax.tree.map(lambda a: a[pidx], host))
 
     everyone = subset(np.arange(N))
-    search = (make_mode_search(predict_search or predict_draws, d, codes, options.mode_iterations,
-                               devices)
+    search = (make_mode_search(predict_draws, d, codes, options.mode_iterations, devices)
               if options.mode_iterations > 0 else None)
 
     def find_modes(beta, omega, log_sigma, at, m_q, L_q):
