@@ -142,12 +142,9 @@ def residual_loglik_sigma_derivatives(endpoints, data_i, f, log_sigma):
     whose weights wa = sa^2 / V, wp = 1 - wa give ds = (wa, wp) and d2s = 2 wa wp [[1, -1], [-1,
     1]]. Same values as autodiff of :func:`record_loglik` (``tests/test_derivatives.py``); an
     importance-sampling chunk's weighing took half the seconds of autodiff's."""
-    add, prop = sigma_layout(endpoints)
-    n_s = int(add.sum() + prop.sum())
-    Ea = np.zeros((len(endpoints), n_s))  # endpoint -> its additive parameter (one-hot)
-    Ea[np.flatnonzero(add), np.arange(add.sum())] = 1.0
-    Ep = np.zeros((len(endpoints), n_s))
-    Ep[np.flatnonzero(prop), add.sum() + np.arange(prop.sum())] = 1.0
+    # endpoint -> its additive / proportional parameter, one-hot (E, n_s)
+    n_s = jnp.shape(log_sigma)[0]
+    Ea, Ep = ((pos[:, None] == np.arange(n_s)).astype(float) for pos in sigma_positions(endpoints))
     codes = kind_codes(endpoints)
     sa, sp = sigma_per_endpoint(endpoints, jnp.exp(log_sigma))
     ep, mask, cens = data_i["endpoint"], data_i["mask"], data_i["cens"]
@@ -364,15 +361,22 @@ def sigma_layout(endpoints: Sequence[Endpoint]):
     return add, prop
 
 
+def sigma_positions(endpoints: Sequence[Endpoint]) -> tuple[np.ndarray, np.ndarray]:
+    """Per endpoint, the position of its additive and of its proportional SD among the free
+    residual parameters (:func:`sigma_layout`'s order: the additive SDs, then the proportional
+    ones); -1 where it has none."""
+    add, prop = sigma_layout(endpoints)
+    pos_a = np.where(add, np.cumsum(add) - 1, -1)
+    pos_p = np.where(prop, add.sum() + np.cumsum(prop) - 1, -1)
+    return pos_a, pos_p
+
+
 def sigma_per_endpoint(endpoints: Sequence[Endpoint], sigma):
     """(sigma_add (E,), sigma_prop (E,)) from the free residual parameters ``sigma`` (natural
     scale, in :func:`sigma_layout`'s order); 1 where an endpoint has no such parameter."""
-    add, prop = sigma_layout(endpoints)
-    ia, ip = np.flatnonzero(add), np.flatnonzero(prop)
     sigma = jnp.asarray(sigma)
-    sa = jnp.ones(len(add)).at[ia].set(sigma[: len(ia)])
-    sp = jnp.ones(len(add)).at[ip].set(sigma[len(ia) : len(ia) + len(ip)])
-    return sa, sp
+    return tuple(jnp.where(pos >= 0, sigma[np.maximum(pos, 0)], 1.0)
+                 for pos in sigma_positions(endpoints))
 
 
 def kind_codes(endpoints: Sequence[Endpoint]) -> np.ndarray:

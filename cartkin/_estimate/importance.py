@@ -42,7 +42,6 @@ from .._likelihood import (
     eta_logprior,
     forward_substitution,
     map_subjects,
-    record_loglik,
     residual_loglik_sigma_derivatives,
     sigma_layout,
     sigma_per_endpoint,
@@ -136,10 +135,6 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
     codes = jnp.asarray(codes)
     M = options.draws_per_chunk
 
-    def resid(ls, f, data_i):
-        sa, sp = sigma_per_endpoint(stat.endpoints, jnp.exp(ls))
-        return record_loglik(codes, data_i, f, sa, sp).sum()
-
     def prior_moments(psi, m1, m2, x_i):
         """E log N(phi; mu_i, Omega) for E phi = m1, E phi phi' = m2: linear in (m1, m2), so its
         derivatives in psi at the weighted moments are the weighted means of the per-draw ones."""
@@ -208,11 +203,10 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         def per_subject(phi_i, f, code, lq, mu_i, data_i, a0, A1, A2, ls, L_pop):
             ok = code == 0
             lprior = eta_logprior(phi_i - mu_i, L_pop)
-            if louis:  # the residual part of each draw's score and Hessian in the same pass
-                lr, gr, hr = jax.vmap(lambda fi: residual_loglik_sigma_derivatives(
-                    stat.endpoints, data_i, fi, ls))(f)
-            else:
-                lr = jax.vmap(lambda fi: resid(ls, fi, data_i))(f)
+            # the residual log-likelihood of each draw, and for Louis's formula its score and
+            # Hessian in log sigma from the same pass (unused without: XLA drops them)
+            lr, gr, hr = jax.vmap(lambda fi: residual_loglik_sigma_derivatives(
+                stat.endpoints, data_i, fi, ls))(f)
             lc = lr + lprior
             lw = jnp.where(ok & jnp.isfinite(lc), lc - lq, -jnp.inf)
             fin = jnp.isfinite(lw)
