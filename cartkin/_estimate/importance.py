@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._compile import jit
 from .._devices import over_subjects, pad_subjects, subject_devices
 from .._likelihood import (
     eta_logprior,
@@ -150,7 +151,7 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
     # the per-draw prior score is affine in (phi, phi phi'): its coefficients once per subject
     prior_coef = jax.jacfwd(grad_prior, argnums=(1, 2))
 
-    @jax.jit
+    @jit
     def prior_terms(psi):
         """Per subject: the Cholesky factor of Omega and the coefficients of the per-draw prior
         score (one device: the sharded programs make no LAPACK call)."""
@@ -190,7 +191,7 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
                 phi, mix_m, mix_L, mix_logw, mu)
             return phi, f, code, lq
 
-        @jax.jit
+        @jit
         def draw(key, psi, L_pop, idx, mix, data, X):
             """M proposal draws per subject (``idx``: their subject numbers), their predictions
             and solver codes, and the proposal's log density (the only part of a chunk that
@@ -235,7 +236,7 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
             per = jax.vmap(per_subject, in_axes=(0,) * 9 + (None,) * 2)
             return per(phi, f, code, lq, mu, data, a0, A1, A2, ls, L_pop)
 
-        @jax.jit
+        @jit
         def weigh(psi, L_pop, prior, drawn, data, X):
             """Per-subject weight sums (and the Louis terms) of drawn parameters at ``psi``: no
             solve, so draws made at one estimate can be weighed again at a nearby one.
@@ -294,7 +295,7 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         return jax.tree.map(lambda a: np.asarray(a)[:n],
                             fn(at[0], at[1], prior, drawn, data_c, X_c))
 
-    @jax.jit
+    @jit
     def expected_hessian(psi, m1, m2, HR):
         hp = jax.vmap(lambda a, b_, x: hess_prior(psi, a, b_, x))(m1, m2, X).sum(0)
         return hp.at[layout.size - n_s:, layout.size - n_s:].add(HR.sum(0))

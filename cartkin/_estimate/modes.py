@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._compile import jit
 from .._devices import over_subjects
 from .._likelihood import eta_logprior, forward_substitution, map_subjects, record_loglik
 
@@ -144,7 +145,7 @@ def make_mode_search(predict_draws, d: int, codes, n_iter: int, devices):
         dec = 0.5 * jnp.sum(grad * jax.vmap(jax.vmap(spd_solve))(H, grad), -1)
         return p, lj, H, jnp.where(jnp.isfinite(dec), dec, jnp.inf)
 
-    @jax.jit
+    @jit
     def search(start, beta, L, oinv, sa, sp, data, X):
         mu = jnp.einsum("njp,jp->nj", X, beta)
         return over_subjects(local, (start, mu, data), (L, oinv, sa, sp), devices)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from .._compile import jit
 from .._likelihood import kind_codes, residual_sd, sigma_per_endpoint
 
 FD_STEP = 1e-3
@@ -38,7 +39,7 @@ def sdtab(stat, predict_one, arrays, data, X, params, ebe, *, predict_draws=None
     d = mu.shape[1]
     omega = jnp.asarray(params["omega"])
 
-    @jax.jit
+    @jit
     def per_subject(phi_hat, mu_i, data_i, f_all):
         ep = data_i["endpoint"]
         is_log = jnp.asarray(codes)[ep] == 0
@@ -74,7 +75,7 @@ def sdtab(stat, predict_one, arrays, data, X, params, ebe, *, predict_draws=None
     e = np.asarray(ebe)
     phis = np.concatenate([e[:, None], np.asarray(mu)[:, None], e[:, None] + steps[None],
                            e[:, None] - steps[None]], axis=1)
-    f_all, _ = jax.jit(lambda p, a: map_subjects(predict_draws, p, a))(jnp.asarray(phis), arrays)
+    f_all, _ = jit(lambda p, a: map_subjects(predict_draws, p, a))(jnp.asarray(phis), arrays)
     out = jax.vmap(per_subject)(jnp.asarray(ebe), jnp.asarray(mu), arrays, f_all)
     out = {k: np.asarray(v) for k, v in out.items()}
     m = data.mask

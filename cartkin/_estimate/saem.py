@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._compile import jit
 from .._devices import over_subjects, pad_subjects, subject_devices
 from .._likelihood import (
     eta_logprior,
@@ -151,7 +152,7 @@ def make_saem(stat, predict_draws, data, X, options: SAEMOptions, codes):
         st, _ = jax.lax.scan(kernel, st, (schedule, keys))
         return tuple(st[k] for k in SUBJECT)
 
-    @jax.jit
+    @jit
     def e_step(key, subj, mu, L, sd, sa, sp):
         return over_subjects(e_local, (idx_pad, *subj, mu, data_pad), (key, L, sd, sa, sp),
                              devices)
@@ -193,7 +194,7 @@ def make_saem(stat, predict_draws, data, X, options: SAEMOptions, codes):
         mu = jnp.einsum("njp,jp->nj", X_pad, params["beta"])
         return mu, params["chol"], jnp.sqrt(jnp.diag(params["omega"])), sa, sp
 
-    @jax.jit
+    @jit
     def m_step_all(state, subj, k):
         """Everything after the E-step of iteration k (one device)."""
         st = dict(state, **dict(zip(SUBJECT, subj)))
