@@ -1,4 +1,5 @@
-"""PSIS's Pareto k-hat of a subject's weights from the largest ones kept across chunks.
+"""Chunk bookkeeping of importance sampling: PSIS's Pareto k-hat from the largest log weights
+kept across chunks, and the per-subject sums of a top-up chunk whose rows share subjects.
 
 Importance sampling keeps only each subject's largest log weights (chunk by chunk); k-hat from
 them must equal arviz's ``psislw`` on all the weights, and must tell a heavy tail from a light one.
@@ -7,7 +8,7 @@ them must equal arviz's ``psislw`` on all the weights, and must tell a heavy tai
 import arviz as az
 import numpy as np
 
-from cartkin._estimate.importance import largest, pareto_k
+from cartkin._estimate.importance import largest, merge_rows, pareto_k
 
 
 def test_pareto_k_from_kept_tail_equals_arviz_on_all_weights():
@@ -29,6 +30,50 @@ def test_pareto_k_from_kept_tail_equals_arviz_on_all_weights():
     k_all = np.asarray(az.psislw(lw.copy(), normalize=False)[1])
     np.testing.assert_allclose(k, k_all, rtol=1e-10, atol=1e-12)
     assert k[0] > 0.7 and k[2] < 0.5  # the heavy tail flagged, the light one not
+
+
+def _row_sums(lw, g):
+    """What the weighing returns for one row of draws: sums scaled by the row's largest weight."""
+    fin = np.isfinite(lw)
+    lmax = lw.max() if fin.any() else 0.0
+    w = np.exp(lw - lmax)
+    return {"lmax": lmax, "W": w.sum(), "W2": (w**2).sum(),
+            "n_fail": np.array([(~fin).sum(), 0, 0]), "best_lw": lw.max(), "best": g[np.argmax(lw), :2], "lw": lw, "G": w @ g,
+            "GG": np.einsum("m,mi,mj->ij", w, g, g)}
+
+
+def test_top_up_rows_merge_into_the_sums_of_all_their_draws():
+    """Rows j of a top-up chunk draw for subject j % n: merged, each subject's weight sums, its
+    Louis sums, best draw and log weights equal those of all its draws weighed together, whatever
+    the rows' scales (log weights 900 apart underflow if not rescaled), with a row whose draws
+    all failed and subjects with fewer rows than others."""
+    rng = np.random.default_rng(3)
+    n, rows, M = 3, 8, 50  # subjects 0 and 1 get 3 rows, subject 2 gets 2
+    lw = rng.normal(0.0, 2.0, (rows, M)) + np.array([0.0, -900.0, 5.0])[np.arange(rows) % n, None]
+    lw[4] = -np.inf  # every draw of subject 1's second row failed
+    g = rng.normal(size=(rows, M, 4))
+    out = [_row_sums(lw[j], g[j]) for j in range(rows)]
+    merged = merge_rows({k: np.stack([o[k] for o in out]) for k in out[0]}, n)
+    for i in range(n):
+        lw_i, g_i = lw[i::n].ravel(), g[i::n].reshape(-1, 4)
+        ref = _row_sums(lw_i, g_i)
+        scale = np.exp(merged["lmax"][i] - ref["lmax"])
+        for k in ("W", "G", "GG"):
+            np.testing.assert_allclose(merged[k][i] * scale, ref[k], rtol=1e-12)
+        np.testing.assert_allclose(merged["W2"][i] * scale**2, ref["W2"], rtol=1e-12)
+        assert merged["best_lw"][i] == ref["best_lw"]
+        np.testing.assert_array_equal(merged["best"][i], ref["best"])
+        assert merged["n_fail"][i][0] == ref["n_fail"][0]
+        kept = merged["lw"][i]
+        np.testing.assert_array_equal(np.sort(kept[np.isfinite(kept)]),
+                                      np.sort(lw_i[np.isfinite(lw_i)]))
+    # rows left out (a subject at its draw cap): the sums of the rows kept
+    use = np.arange(rows) != 3  # subject 0's second row
+    part = merge_rows({k: np.stack([o[k] for o in out]) for k in out[0]}, n, use=use)
+    ref = _row_sums(np.concatenate([lw[0], lw[6]]), np.concatenate([g[0], g[6]]))
+    np.testing.assert_allclose(part["W"][0] * np.exp(part["lmax"][0] - ref["lmax"]), ref["W"],
+                               rtol=1e-12)
+    assert np.isfinite(part["lw"][0]).sum() == 2 * M
 
 
 def test_heavy_tailed_subjects_draw_again_from_a_wider_proposal(monkeypatch):

@@ -65,6 +65,9 @@ DOMINATED = 0.2  # a single draw holding this share of a subject's weight sum
 # covariance times WIDEN, at most WIDEN_ROUNDS times
 WIDEN = 2.0
 WIDEN_ROUNDS = 2
+# rows of the top-up chunk per subject (M draws each): the N_top = N / TOP_ROWS subjects that
+# hold most of the -2LL's Monte Carlo variance draw TOP_ROWS x M more each
+TOP_ROWS = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,28 +252,37 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
     # per-subject inputs of a chunk are taken from host copies
     devices = subject_devices(getattr(predict_draws, "split", False))
     n_dev = len(devices)
-    # the top-up chunk: n_top subjects, more draws each (fewer calls)
-    n_top = min(N, max(16, N // 16))
-    m_top = min(4 * M, M * N // n_top)
-    draw, draw_top = make_draw(M), make_draw(m_top)
+    draw = make_draw(M)
     weigh = {True: make_weigh(True), False: make_weigh(False)}
     weigh_louis = weigh[True]
     host = ({k: np.asarray(v) for k, v in data.items()}, np.asarray(X))
 
     def subset(idx):
         """The subjects ``idx`` padded to a multiple of the device count: (their count, padded
-        subject numbers, data, X)."""
+        subject numbers, their random streams (the subject numbers), data, X)."""
         pidx = pad_subjects(np.asarray(idx), n_dev)
-        return (len(idx), pidx, *jax.tree.map(lambda a: a[pidx], host))
+        return (len(idx), pidx, pidx, *jax.tree.map(lambda a: a[pidx], host))
 
     everyone = subset(np.arange(N))
+    # the top-up chunk: the everyone chunk's shape (its programs compile once), its rows shared
+    # by the n_top subjects that hold most of the Monte Carlo variance, TOP_ROWS rows (M draws
+    # each) per subject; row j draws for top[j % n_top] from its own stream
+    rows = len(everyone[1])
+    n_top = max(1, rows // TOP_ROWS)
+    top_count = np.bincount(np.arange(rows) % n_top)
+    m_top = int(top_count.min()) * M
+
+    def top_rows(top):
+        j = np.arange(rows)
+        return (rows, top[j % n_top], top[j % n_top] + N * (j // n_top),
+                *jax.tree.map(lambda a: a[top[j % n_top]], host))
     search = (make_mode_search(predict_draws, d, codes, options.mode_iterations, devices)
               if options.mode_iterations > 0 else None)
 
     def find_modes(beta, omega, log_sigma, at, m_q, L_q):
         """Proposal components at each subject's conditional modes (:mod:`.modes`); ``at``:
         :func:`at_psi` of the parameters (its Cholesky factor of Omega)."""
-        _, pidx, data_c, X_c = everyone
+        _, pidx, _, data_c, X_c = everyone
         sa, sp = sigma_per_endpoint(stat.endpoints, jnp.exp(log_sigma))
         om = np.asarray(omega)
         found = search(np.asarray(m_q)[pidx], beta, at[1], np.linalg.inv(om), sa, sp, data_c,
@@ -285,12 +297,13 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
 
     def run_draw(fn, key, at, mix, sub):
         """``fn``'s draws for the subjects of ``sub`` (:func:`subset`)."""
-        _, pidx, data_c, X_c = sub
-        return fn(key, at[0], at[1], pidx, tuple(np.asarray(a)[pidx] for a in mix), data_c, X_c)
+        _, pidx, streams, data_c, X_c = sub
+        return fn(key, at[0], at[1], streams, tuple(np.asarray(a)[pidx] for a in mix), data_c,
+                  X_c)
 
     def run_weigh(fn, at, drawn, sub):
         """Per-subject sums of ``drawn`` (the subjects of ``sub``) at ``at`` (:func:`at_psi`)."""
-        n, pidx, data_c, X_c = sub
+        n, pidx, _, data_c, X_c = sub
         prior = jax.tree.map(lambda a: a[pidx], at[2])
         return jax.tree.map(lambda a: np.asarray(a)[:n],
                             fn(at[0], at[1], prior, drawn, data_c, X_c))
@@ -301,14 +314,17 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         return hp.at[layout.size - n_s:, layout.size - n_s:].add(HR.sum(0))
 
     # the largest log weights kept per subject: PSIS's tail at the most draws a subject can get
-    k_tail = int(np.ceil(3 * np.sqrt(options.max_draws + m_top))) + 1
+    k_tail = int(np.ceil(3 * np.sqrt(options.max_draws + top_count.max() * M))) + 1
 
     def combine(acc, new):
         new = jax.tree.map(np.array, new)  # writable copies (a subject's sums may be reset)
         lw = new.pop("lw")
         if acc is None:
             return dict(new, tail=largest(lw, k_tail))
-        lmax = np.maximum(acc["lmax"], new["lmax"])
+        # a subject without a finite weight in a chunk has lmax 0 there (and W 0): not a maximum
+        lmax = np.maximum(np.where(acc["W"] > 0, acc["lmax"], -np.inf),
+                          np.where(new["W"] > 0, new["lmax"], -np.inf))
+        lmax = np.where(np.isfinite(lmax), lmax, 0.0)
         out = {"lmax": lmax, "n_fail": acc["n_fail"] + new["n_fail"],
                "tail": largest(np.concatenate([acc["tail"], lw], axis=1), k_tail)}
         take = new["best_lw"] > acc["best_lw"]
@@ -425,10 +441,10 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         L_q = np.linalg.cholesky(cov2)
         mix = with_modes(m_q, L_q)
         # pass 2: -2LL until its Monte Carlo SE reaches the target. Every subject gets at least
-        # min_draws; then each round goes where it removes the most Monte Carlo variance per
-        # solve: all subjects, or only the n_top subjects that hold most of it (their chunk
-        # compiles once more, at its own size). A subject whose weights come to be dominated by
-        # one draw far from its proposal gets a component there and starts again.
+        # min_draws; then each round (a chunk of one size) goes where it removes the most Monte
+        # Carlo variance: all subjects, or TOP_ROWS times as many draws for the n_top subjects
+        # that hold most of it. A subject whose weights come to be dominated by one draw far
+        # from its proposal gets a component there and starts again.
         if m2ll:
             acc, m_total, c = None, np.zeros(N), 0
             w_fn = weigh[fresh_information]
@@ -459,8 +475,8 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
                         m_total = m_total + M
                     else:
                         v = np.minimum(var_log(acc, m_total), 1e6)
-                        # variance removed per solve (plus a call's fixed cost, ~4,000 solves);
-                        # no subject goes past max_draws
+                        # variance removed by a chunk of everyone or of the top subjects; no
+                        # subject goes past max_draws
                         full_ok = np.all(m_total + M <= options.max_draws) and not needy.any()
                         gain_all = np.sum(v * M / (m_total + M)) if full_ok else 0.0
                         g_top = v * m_top / (m_total + m_top) * (m_total + m_top <= options.max_draws)
@@ -468,17 +484,22 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
                         top = np.argsort(-g_top, kind="stable")[:n_top]
                         # the draw budget of every subject that matters is spent
                         spent = gain_all <= 0 and g_top[top].sum() <= 0
-                        top_up = needy.any() or (g_top[top].sum() / (n_top * m_top + 4000)
-                                                 > gain_all / (N * M + 4000))
+                        # (a top-up chunk costs what an everyone chunk costs)
+                        top_up = needy.any() or g_top[top].sum() > gain_all
                         if spent:
                             pass  # straight to the k-hat check below
                         elif top_up:
-                            new = chunk(draw_top, kc, subset(top))
-                            # a chunk has n_top rows; rows of subjects at their cap are dropped
-                            keep = g_top[top] > 0
-                            new = jax.tree.map(lambda a: np.asarray(a)[keep], new)
+                            # each subject's rows up to its cap (none if it gains nothing)
+                            n_rows = np.minimum(top_count,
+                                                (options.max_draws - m_total[top]) // M)
+                            n_rows = np.where(g_top[top] > 0, np.maximum(n_rows, 0), 0)
+                            j = np.arange(rows)
+                            new = merge_rows(chunk(draw, kc, top_rows(top)), n_top,
+                                             use=j // n_top < n_rows[j % n_top])
+                            keep = n_rows > 0
+                            new = {k: np.asarray(a)[keep] for k, a in new.items()}
                             acc = combine(acc, scatter(acc, new, top[keep]))
-                            m_total[top[keep]] += m_top
+                            m_total[top[keep]] += M * n_rows[keep]
                         else:
                             acc = combine(acc, chunk(draw, kc, everyone))
                             m_total = m_total + M
@@ -560,6 +581,37 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         }
 
     return sample
+
+
+def merge_rows(out, n, use=None):
+    """Per-subject sums of a chunk whose row j drew for subject j % n (a top-up chunk): the rows
+    of each subject combined (only those where ``use``, default all), their log weights side by
+    side."""
+    rows = out["W"].shape[0]
+    R = -(-rows // n)
+    use = np.ones(rows, bool) if use is None else np.asarray(use)
+
+    def grid(a, fill):  # (rows, ...) -> (R, n, ...), unused and missing rows filled
+        a = np.asarray(a)
+        a = np.where(use.reshape((-1,) + (1,) * (a.ndim - 1)), a, fill)
+        pad = np.full((R * n - rows,) + a.shape[1:], fill, a.dtype)
+        return np.concatenate([a, pad]).reshape((R, n) + a.shape[1:])
+
+    W = grid(out["W"], 0.0)
+    lmax_r = np.where(W > 0, grid(out["lmax"], -np.inf), -np.inf)
+    lmax = lmax_r.max(0)
+    lmax = np.where(np.isfinite(lmax), lmax, 0.0)
+    s = np.exp(lmax_r - lmax)
+    best_lw = grid(out["best_lw"], -np.inf)
+    r_best = best_lw.argmax(0)
+    merged = {"lmax": lmax, "W": (s * W).sum(0), "W2": (s**2 * grid(out["W2"], 0.0)).sum(0),
+              "n_fail": grid(out["n_fail"], 0).sum(0), "best_lw": best_lw.max(0),
+              "best": grid(out["best"], 0.0)[r_best, np.arange(n)],
+              "lw": grid(out["lw"], -np.inf).transpose(1, 0, 2).reshape(n, -1)}
+    for k in LOUIS_SUMS:
+        if k in out:
+            merged[k] = np.einsum("rn,rn...->n...", s, grid(out[k], 0.0))
+    return merged
 
 
 def largest(lw, k):
