@@ -50,38 +50,60 @@ def _row_sums(lw, g):
             "GG": np.einsum("m,mi,mj->ij", w, g, g)}
 
 
-def test_top_up_rows_merge_into_the_sums_of_all_their_draws():
-    """Rows j of a top-up chunk draw for subject j % n: merged, each subject's weight sums, its
-    Louis sums, best draw and log weights equal those of all its draws weighed together, whatever
-    the rows' scales (log weights 900 apart underflow if not rescaled), with a row whose draws
-    all failed and subjects with fewer rows than others."""
+def test_chunk_rows_merge_into_the_sums_of_all_their_draws():
+    """A chunk's rows go to subjects in any order and number: merged, each subject's weight
+    sums, its Louis sums, best draw and largest log weights equal those of all its draws weighed
+    together, whatever the rows' scales (log weights 900 apart underflow if not rescaled), with a
+    row whose draws all failed and rows to drop."""
     rng = np.random.default_rng(3)
-    n, rows, M = 3, 8, 50  # subjects 0 and 1 get 3 rows, subject 2 gets 2
-    lw = rng.normal(0.0, 2.0, (rows, M)) + np.array([0.0, -900.0, 5.0])[np.arange(rows) % n, None]
-    lw[4] = -np.inf  # every draw of subject 1's second row failed
+    n, M, k = 3, 50, 120
+    col = np.array([2, 0, 1, -1, 0, 1, 0, 2, 1, -1])  # subject 0: 3 rows, 1: 3, 2: 2; 2 dropped
+    rows = len(col)
+    lw = rng.normal(0.0, 2.0, (rows, M)) + np.array([0.0, -900.0, 5.0, 0.0])[col, None]
+    lw[5] = -np.inf  # every draw of one of subject 1's rows failed
     g = rng.normal(size=(rows, M, 4))
     out = [_row_sums(lw[j], g[j]) for j in range(rows)]
-    merged = merge_rows({k: np.stack([o[k] for o in out]) for k in out[0]}, n)
+    merged = merge_rows({key: np.stack([o[key] for o in out]) for key in out[0]}, col, n, k)
     for i in range(n):
-        lw_i, g_i = lw[i::n].ravel(), g[i::n].reshape(-1, 4)
+        lw_i, g_i = lw[col == i].ravel(), g[col == i].reshape(-1, 4)
         ref = _row_sums(lw_i, g_i)
         scale = np.exp(merged["lmax"][i] - ref["lmax"])
-        for k in ("W", "G", "GG"):
-            np.testing.assert_allclose(merged[k][i] * scale, ref[k], rtol=1e-12)
+        for key in ("W", "G", "GG"):
+            np.testing.assert_allclose(merged[key][i] * scale, ref[key], rtol=1e-12)
         np.testing.assert_allclose(merged["W2"][i] * scale**2, ref["W2"], rtol=1e-12)
         assert merged["best_lw"][i] == ref["best_lw"]
         np.testing.assert_array_equal(merged["best"][i], ref["best"])
         assert merged["n_fail"][i][0] == ref["n_fail"][0]
-        kept = merged["lw"][i]
-        np.testing.assert_array_equal(np.sort(kept[np.isfinite(kept)]),
-                                      np.sort(lw_i[np.isfinite(lw_i)]))
-    # rows left out (a subject at its draw cap): the sums of the rows kept
-    use = np.arange(rows) != 3  # subject 0's second row
-    part = merge_rows({k: np.stack([o[k] for o in out]) for k in out[0]}, n, use=use)
-    ref = _row_sums(np.concatenate([lw[0], lw[6]]), np.concatenate([g[0], g[6]]))
-    np.testing.assert_allclose(part["W"][0] * np.exp(part["lmax"][0] - ref["lmax"]), ref["W"],
-                               rtol=1e-12)
-    assert np.isfinite(part["lw"][0]).sum() == 2 * M
+        np.testing.assert_array_equal(merged["lw"][i], largest(lw_i[None], k)[0])
+
+
+def test_rows_go_where_they_remove_the_most_variance():
+    """The allocation of a chunk's rows equals the best one found by brute force over every
+    allocation (variance after m draws v m / m'), needed rows first, caps kept."""
+    import itertools
+
+    from cartkin._estimate.importance import allocate_rows
+
+    M, n = 100, 6
+    v = np.array([4.0, 1.0, 0.5, 0.0, 2.0])
+    m = np.array([500.0, 200.0, 1000.0, 300.0, 100.0])
+    cap = np.array([5, 5, 5, 5, 1])
+    need = np.array([0, 1, 0, 0, 0])
+
+    def left(counts):
+        return np.sum(v * m / (m + M * np.asarray(counts)))
+
+    best = min((c for c in itertools.product(*(range(k + 1) for k in cap))
+                if sum(c) <= n and c[1] >= 1), key=left)
+    counts = allocate_rows(v, m, M, cap, need, n)
+    np.testing.assert_array_equal(counts, best)
+    assert counts[3] == 0 and counts.sum() == n  # no rows to a subject without variance
+    # rows beyond every cap are left unallocated
+    capped = allocate_rows(v, m, M, np.array([1, 0, 0, 0, 1]), need * 0, n)
+    assert capped.tolist() == [1, 0, 0, 0, 1]
+    # more rows needed than the chunk has: every subject that needs rows gets its first one
+    short = allocate_rows(v, m, M, cap, np.array([2, 2, 2, 0, 0]), 4)
+    assert short.sum() == 4 and short[:3].min() >= 1 and short[3:].sum() == 0
 
 
 def test_heavy_tailed_subjects_draw_again_from_a_wider_proposal(monkeypatch):

@@ -65,9 +65,6 @@ DOMINATED = 0.2  # a single draw holding this share of a subject's weight sum
 # covariance times WIDEN, at most WIDEN_ROUNDS times
 WIDEN = 2.0
 WIDEN_ROUNDS = 2
-# rows of the top-up chunk per subject (M draws each): the N_top = N / TOP_ROWS subjects that
-# hold most of the -2LL's Monte Carlo variance draw TOP_ROWS x M more each
-TOP_ROWS = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,18 +261,13 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         return (len(idx), pidx, pidx, *jax.tree.map(lambda a: a[pidx], host))
 
     everyone = subset(np.arange(N))
-    # the top-up chunk: the everyone chunk's shape (its programs compile once), its rows shared
-    # by the n_top subjects that hold most of the Monte Carlo variance, TOP_ROWS rows (M draws
-    # each) per subject; row j draws for top[j % n_top] from its own stream
-    rows = len(everyone[1])
-    n_top = max(1, rows // TOP_ROWS)
-    top_count = np.bincount(np.arange(rows) % n_top)
-    m_top = int(top_count.min()) * M
+    def rows_of(sub, rank):
+        """A chunk of N rows (M draws each), row j for subject ``sub[j]`` from its stream
+        ``rank[j]`` of that subject (streams numbered before the device padding, so the draws do
+        not depend on the device count), as :func:`subset`."""
+        sub, streams = pad_subjects((sub, sub + N * rank), n_dev)
+        return (N, sub, streams, *jax.tree.map(lambda a: a[sub], host))
 
-    def top_rows(top):
-        j = np.arange(rows)
-        return (rows, top[j % n_top], top[j % n_top] + N * (j // n_top),
-                *jax.tree.map(lambda a: a[top[j % n_top]], host))
     search = (make_mode_search(predict_draws, d, codes, options.mode_iterations, devices)
               if options.mode_iterations > 0 else None)
 
@@ -314,7 +306,7 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         return hp.at[layout.size - n_s:, layout.size - n_s:].add(HR.sum(0))
 
     # the largest log weights kept per subject: PSIS's tail at the most draws a subject can get
-    k_tail = int(np.ceil(3 * np.sqrt(options.max_draws + top_count.max() * M))) + 1
+    k_tail = int(np.ceil(3 * np.sqrt(options.max_draws))) + 1
 
     def combine(acc, new):
         new = jax.tree.map(np.array, new)  # writable copies (a subject's sums may be reset)
@@ -441,10 +433,10 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         L_q = np.linalg.cholesky(cov2)
         mix = with_modes(m_q, L_q)
         # pass 2: -2LL until its Monte Carlo SE reaches the target. Every subject gets at least
-        # min_draws; then each round (a chunk of one size) goes where it removes the most Monte
-        # Carlo variance: all subjects, or TOP_ROWS times as many draws for the n_top subjects
-        # that hold most of it. A subject whose weights come to be dominated by one draw far
-        # from its proposal gets a component there and starts again.
+        # min_draws; then each round's chunk (one shape: N rows of M draws) puts its rows where
+        # they remove the most Monte Carlo variance (:func:`allocate_rows`). A subject whose
+        # weights come to be dominated by one draw far from its proposal gets a component there
+        # and starts again.
         if m2ll:
             acc, m_total, c = None, np.zeros(N), 0
             w_fn = weigh[fresh_information]
@@ -469,40 +461,32 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
                     kc = jax.random.fold_in(key, c)
                     c += 1
                     spent = False
-                    needy = m_total < options.min_draws
-                    if acc is None or needy.sum() > n_top:
+                    # rows each subject still needs to reach min_draws
+                    need = -(-np.maximum(options.min_draws - m_total, 0) // M).astype(int)
+                    if acc is None:
                         acc = combine(acc, chunk(draw, kc, everyone))
                         m_total = m_total + M
                     else:
-                        v = np.minimum(var_log(acc, m_total), 1e6)
-                        # variance removed by a chunk of everyone or of the top subjects; no
-                        # subject goes past max_draws
-                        full_ok = np.all(m_total + M <= options.max_draws) and not needy.any()
-                        gain_all = np.sum(v * M / (m_total + M)) if full_ok else 0.0
-                        g_top = v * m_top / (m_total + m_top) * (m_total + m_top <= options.max_draws)
-                        g_top = np.where(needy, np.inf, g_top)
-                        top = np.argsort(-g_top, kind="stable")[:n_top]
+                        # the chunk's N rows where they remove the most Monte Carlo variance
+                        v = np.where(m_total > 0, np.minimum(var_log(acc, m_total), 1e6), 0.0)
+                        cap = np.maximum((options.max_draws - m_total) // M, 0).astype(int)
+                        counts = allocate_rows(v, m_total, M, cap, need, N)
                         # the draw budget of every subject that matters is spent
-                        spent = gain_all <= 0 and g_top[top].sum() <= 0
-                        # (a top-up chunk costs what an everyone chunk costs)
-                        top_up = needy.any() or g_top[top].sum() > gain_all
-                        if spent:
-                            pass  # straight to the k-hat check below
-                        elif top_up:
-                            # each subject's rows up to its cap (none if it gains nothing)
-                            n_rows = np.minimum(top_count,
-                                                (options.max_draws - m_total[top]) // M)
-                            n_rows = np.where(g_top[top] > 0, np.maximum(n_rows, 0), 0)
-                            j = np.arange(rows)
-                            new = merge_rows(chunk(draw, kc, top_rows(top)), n_top,
-                                             use=j // n_top < n_rows[j % n_top])
-                            keep = n_rows > 0
-                            new = {k: np.asarray(a)[keep] for k, a in new.items()}
-                            acc = combine(acc, scatter(acc, new, top[keep]))
-                            m_total[top[keep]] += M * n_rows[keep]
-                        else:
-                            acc = combine(acc, chunk(draw, kc, everyone))
-                            m_total = m_total + M
+                        spent = counts.sum() == 0
+                        if not spent:
+                            sub = np.repeat(np.arange(N), counts)
+                            rank = np.arange(len(sub)) - np.repeat(np.cumsum(counts) - counts,
+                                                                   counts)
+                            spare = N - len(sub)  # rows no subject gains from: dropped
+                            col = np.concatenate([sub, np.full(spare, -1)])
+                            sub = np.concatenate([sub, np.zeros(spare, int)])
+                            rank = np.concatenate([rank, counts[0] + np.arange(spare)])
+                            sel = np.flatnonzero(counts)
+                            new = merge_rows(chunk(draw, kc, rows_of(sub, rank)),
+                                             np.searchsorted(sel, col) * (col >= 0) - (col < 0),
+                                             len(sel), k_tail)
+                            acc = combine(acc, scatter(acc, new, sel))
+                            m_total = m_total + M * counts
                     # a second region: one draw holds a large share of a subject's weights and
                     # lies more than 2 proposal SDs from every component
                     share = (np.zeros(N) if spent else
@@ -583,34 +567,66 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
     return sample
 
 
-def merge_rows(out, n, use=None):
-    """Per-subject sums of a chunk whose row j drew for subject j % n (a top-up chunk): the rows
-    of each subject combined (only those where ``use``, default all), their log weights side by
-    side."""
-    rows = out["W"].shape[0]
-    R = -(-rows // n)
-    use = np.ones(rows, bool) if use is None else np.asarray(use)
+def allocate_rows(v, m, M, cap, need, n):
+    """Rows (M draws each) per subject for a chunk of ``n`` rows: first the rows each subject
+    ``need``s (every such subject's first row before any second), then the rest where they
+    remove the most Monte Carlo variance. A subject's variance ``v`` after ``m`` draws falls as
+    1/draws, so its r-th extra row removes v m (1 / (m + (r - 1) M) - 1 / (m + r M)), less for
+    each further row: taking the largest removals is the best allocation. No subject gets more
+    than ``cap`` rows; rows that remove nothing are left unallocated."""
+    counts = np.zeros(len(v), int)
+    R = int(min(cap.max(initial=0), n))
+    if R == 0:
+        return counts
+    mm = np.maximum(m, 1)[:, None]
+    r = np.arange(1, R + 1)[None]
+    gain = v[:, None] * mm * (1 / (mm + (r - 1) * M) - 1 / (mm + r * M))
+    gain = np.where(r <= need[:, None], 1e300 / r, gain)
+    gain = np.where(r <= cap[:, None], gain, 0.0).ravel()
+    k = int(min(n, (gain > 0).sum()))
+    if k:
+        counts += np.bincount(np.argpartition(-gain, k - 1)[:k] // R, minlength=len(v))
+    return counts
 
-    def grid(a, fill):  # (rows, ...) -> (R, n, ...), unused and missing rows filled
-        a = np.asarray(a)
-        a = np.where(use.reshape((-1,) + (1,) * (a.ndim - 1)), a, fill)
-        pad = np.full((R * n - rows,) + a.shape[1:], fill, a.dtype)
-        return np.concatenate([a, pad]).reshape((R, n) + a.shape[1:])
 
-    W = grid(out["W"], 0.0)
-    lmax_r = np.where(W > 0, grid(out["lmax"], -np.inf), -np.inf)
-    lmax = lmax_r.max(0)
+def merge_rows(out, col, n, k):
+    """Per-subject sums of a chunk whose row j drew for subject ``col[j]`` (0 to n - 1; -1: a
+    row to drop): each subject's rows combined, and its k largest log weights (descending)
+    standing for its draws' log weights."""
+    col = np.asarray(col)
+    rows = np.flatnonzero(col >= 0)
+    rows = rows[np.argsort(col[rows], kind="stable")]
+    c = col[rows]
+    starts = np.searchsorted(c, np.arange(n))
+    get = {key: np.asarray(a)[rows] for key, a in out.items()}
+    W = get["W"]
+    lmax_r = np.where(W > 0, get["lmax"], -np.inf)
+    lmax = np.maximum.reduceat(lmax_r, starts)
     lmax = np.where(np.isfinite(lmax), lmax, 0.0)
-    s = np.exp(lmax_r - lmax)
-    best_lw = grid(out["best_lw"], -np.inf)
-    r_best = best_lw.argmax(0)
-    merged = {"lmax": lmax, "W": (s * W).sum(0), "W2": (s**2 * grid(out["W2"], 0.0)).sum(0),
-              "n_fail": grid(out["n_fail"], 0).sum(0), "best_lw": best_lw.max(0),
-              "best": grid(out["best"], 0.0)[r_best, np.arange(n)],
-              "lw": grid(out["lw"], -np.inf).transpose(1, 0, 2).reshape(n, -1)}
-    for k in LOUIS_SUMS:
-        if k in out:
-            merged[k] = np.einsum("rn,rn...->n...", s, grid(out[k], 0.0))
+    s = np.exp(lmax_r - lmax[c])
+
+    def total(a):
+        return np.add.reduceat(a, starts, axis=0)
+
+    best_lw = np.maximum.reduceat(get["best_lw"], starts)
+    first = np.flatnonzero(get["best_lw"] == best_lw[c])
+    first = first[np.unique(c[first], return_index=True)[1]]
+    merged = {"lmax": lmax, "W": total(s * W), "W2": total(s**2 * get["W2"]),
+              "n_fail": total(get["n_fail"]), "best_lw": best_lw, "best": get["best"][first]}
+    for key in LOUIS_SUMS:
+        if key in get:
+            merged[key] = total(s.reshape((-1,) + (1,) * (get[key].ndim - 1)) * get[key])
+    # the k largest log weights of each subject: all its draws, sorted by subject, then value
+    lw = get["lw"]
+    flat_c = np.repeat(c, lw.shape[1])
+    flat = lw.ravel()
+    order = np.lexsort((-flat, flat_c))
+    flat, flat_c = flat[order], flat_c[order]
+    pos = np.arange(len(flat)) - np.searchsorted(flat_c, flat_c)
+    width = min(k, int(np.bincount(c, minlength=n).max()) * lw.shape[1])
+    keep = pos < width
+    merged["lw"] = np.full((n, width), -np.inf)
+    merged["lw"][flat_c[keep], pos[keep]] = flat[keep]
     return merged
 
 
