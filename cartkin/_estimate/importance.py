@@ -590,9 +590,9 @@ def allocate_rows(v, m, M, cap, need, n):
 
 
 def merge_rows(out, col, n, k):
-    """Per-subject sums of a chunk whose row j drew for subject ``col[j]`` (0 to n - 1; -1: a
-    row to drop): each subject's rows combined, and its k largest log weights (descending)
-    standing for its draws' log weights."""
+    """Per-subject sums of a chunk whose row j drew for subject ``col[j]`` (0 to n - 1, each
+    with a row; -1: a row to drop): each subject's rows combined, and its draws' log weights (at
+    most its k largest) standing for them."""
     col = np.asarray(col)
     rows = np.flatnonzero(col >= 0)
     rows = rows[np.argsort(col[rows], kind="stable")]
@@ -616,17 +616,18 @@ def merge_rows(out, col, n, k):
     for key in LOUIS_SUMS:
         if key in get:
             merged[key] = total(s.reshape((-1,) + (1,) * (get[key].ndim - 1)) * get[key])
-    # the k largest log weights of each subject: all its draws, sorted by subject, then value
+    # each subject's log weights side by side, at most its k largest (by the number of rows:
+    # only subjects with more than k draws are sorted)
     lw = get["lw"]
-    flat_c = np.repeat(c, lw.shape[1])
-    flat = lw.ravel()
-    order = np.lexsort((-flat, flat_c))
-    flat, flat_c = flat[order], flat_c[order]
-    pos = np.arange(len(flat)) - np.searchsorted(flat_c, flat_c)
-    width = min(k, int(np.bincount(c, minlength=n).max()) * lw.shape[1])
-    keep = pos < width
+    n_rows = np.bincount(c, minlength=n)
+    width = min(k, int(n_rows.max()) * lw.shape[1])
     merged["lw"] = np.full((n, width), -np.inf)
-    merged["lw"][flat_c[keep], pos[keep]] = flat[keep]
+    for cnt in np.unique(n_rows):
+        subj = np.flatnonzero(n_rows == cnt)
+        vals = lw[starts[subj][:, None] + np.arange(cnt)].reshape(len(subj), -1)
+        if vals.shape[1] > width:
+            vals = largest(vals, width)
+        merged["lw"][subj, : vals.shape[1]] = vals
     return merged
 
 
