@@ -145,3 +145,12 @@ def test_heavy_tailed_subjects_draw_again_from_a_wider_proposal(monkeypatch):
     assert np.nanmax(after["pareto_k"]) <= 0.7
     assert set(np.flatnonzero(after["widened"] > 0)) >= set(np.flatnonzero(before["pareto_k"] > 0.7))
     assert abs(after["m2ll"] - opt.fun) < 3 * after["m2ll_se"] + 0.05
+    # with chunks of N/4 rows beside those of N (as for cohorts of 1,000 or more), some used
+    sizes, merge = [], imp.merge_rows
+    monkeypatch.setattr(imp, "SMALL_CHUNK_FROM", 1)
+    monkeypatch.setattr(imp, "merge_rows", lambda out, col, *a: sizes.append(len(col))
+                        or merge(out, col, *a))
+    small = importance_sample(*args)
+    assert len(logy) // 4 in sizes
+    assert np.nanmax(small["pareto_k"]) <= 0.7
+    assert abs(small["m2ll"] - opt.fun) < 3 * small["m2ll_se"] + 0.05

@@ -65,6 +65,8 @@ DOMINATED = 0.2  # a single draw holding this share of a subject's weight sum
 # covariance times WIDEN, at most WIDEN_ROUNDS times
 WIDEN = 2.0
 WIDEN_ROUNDS = 2
+# from this many subjects on, the -2LL pass also draws chunks of N/4 rows (see `sizes`)
+SMALL_CHUNK_FROM = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,11 +264,16 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
 
     everyone = subset(np.arange(N))
     def rows_of(sub, rank):
-        """A chunk of N rows (M draws each), row j for subject ``sub[j]`` from its stream
-        ``rank[j]`` of that subject (streams numbered before the device padding, so the draws do
-        not depend on the device count), as :func:`subset`."""
+        """A chunk of len(sub) rows (M draws each), row j for subject ``sub[j]`` from its
+        stream ``rank[j]`` of that subject (streams numbered before the device padding, so the
+        draws do not depend on the device count), as :func:`subset`."""
+        n = len(sub)
         sub, streams = pad_subjects((sub, sub + N * rank), n_dev)
-        return (N, sub, streams, *jax.tree.map(lambda a: a[sub], host))
+        return (n, sub, streams, *jax.tree.map(lambda a: a[sub], host))
+
+    # chunk sizes (rows): N, and from SMALL_CHUNK_FROM subjects on also N / 4 (a program of its
+    # own: worth its compile once a chunk takes seconds)
+    sizes = (N, N // 4) if N >= SMALL_CHUNK_FROM else (N,)
 
     search = (make_mode_search(predict_draws, d, codes, options.mode_iterations, devices)
               if options.mode_iterations > 0 else None)
@@ -470,14 +477,25 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
                         # the chunk's N rows where they remove the most Monte Carlo variance
                         v = np.where(m_total > 0, np.minimum(var_log(acc, m_total), 1e6), 0.0)
                         cap = np.maximum((options.max_draws - m_total) // M, 0).astype(int)
-                        counts = allocate_rows(v, m_total, M, cap, need, N)
+                        # the chunk size that removes the most variance per solve (plus a
+                        # call's fixed cost, ~4,000 solves)
+                        best = None
+                        for n_rows in sizes:
+                            if need.sum() > n_rows and n_rows < N:
+                                continue
+                            cnt = allocate_rows(v, m_total, M, cap, need, n_rows)
+                            removed = v * M * cnt / np.maximum(m_total + M * cnt, 1)
+                            rate = removed.sum() / (n_rows * M + 4000)
+                            if best is None or rate > best[0]:
+                                best = (rate, n_rows, cnt)
+                        _, n_rows, counts = best
                         # the draw budget of every subject that matters is spent
                         spent = counts.sum() == 0
                         if not spent:
                             sub = np.repeat(np.arange(N), counts)
                             rank = np.arange(len(sub)) - np.repeat(np.cumsum(counts) - counts,
                                                                    counts)
-                            spare = N - len(sub)  # rows no subject gains from: dropped
+                            spare = n_rows - len(sub)  # rows no subject gains from: dropped
                             col = np.concatenate([sub, np.full(spare, -1)])
                             sub = np.concatenate([sub, np.zeros(spare, int)])
                             rank = np.concatenate([rank, counts[0] + np.arange(spare)])
