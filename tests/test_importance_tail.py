@@ -1,5 +1,6 @@
 """Chunk bookkeeping of importance sampling: PSIS's Pareto k-hat from the largest log weights
-kept across chunks, and the per-subject sums of a top-up chunk whose rows share subjects.
+kept across chunks, the allocation of a chunk's rows to subjects and the merging of a subject's
+rows.
 
 Importance sampling keeps only each subject's largest log weights (chunk by chunk); k-hat from
 them must equal arviz's ``psislw`` on all the weights, and must tell a heavy tail from a light one.
