@@ -2,7 +2,7 @@
 
 On the CPU, XLA's fusion emitters (its default in jax 0.10) took twice as long to compile the
 batched solver's programs as the older emitters (one 100-subject x 250-draw Stein ODE solve: 1.0
-against 0.5 s) and made them 5-8% faster; a fit compiles about ten such programs and runs each a
+against 0.5 s) and made them 5-9% faster; a fit compiles about ten such programs and runs each a
 few dozen times, so without them the Stein ODE fit from an empty compilation cache took 27.9
 instead of 33.7 s (benchmarks/README.md, eighth session). Other backends compile with their
 defaults.
