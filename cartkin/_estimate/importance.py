@@ -256,20 +256,16 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
     weigh_louis = weigh[True]
     host = ({k: np.asarray(v) for k, v in data.items()}, np.asarray(X))
 
-    def subset(idx):
-        """The subjects ``idx`` padded to a multiple of the device count: (their count, padded
-        subject numbers, their random streams (the subject numbers), data, X)."""
-        pidx = pad_subjects(np.asarray(idx), n_dev)
-        return (len(idx), pidx, pidx, *jax.tree.map(lambda a: a[pidx], host))
-
-    everyone = subset(np.arange(N))
     def rows_of(sub, rank):
         """A chunk of len(sub) rows (M draws each), row j for subject ``sub[j]`` from its
-        stream ``rank[j]`` of that subject (streams numbered before the device padding, so the
-        draws do not depend on the device count), as :func:`subset`."""
+        stream ``rank[j]`` of that subject, padded to a multiple of the device count: (its row
+        count, padded subject numbers, their random streams, data, X). Streams are numbered
+        before the padding, so the draws do not depend on the device count."""
         n = len(sub)
         sub, streams = pad_subjects((sub, sub + N * rank), n_dev)
         return (n, sub, streams, *jax.tree.map(lambda a: a[sub], host))
+
+    everyone = rows_of(np.arange(N), np.zeros(N, int))
 
     # chunk sizes (rows): N, and from SMALL_CHUNK_FROM subjects on also N / 4 (a program of its
     # own: worth its compile once a chunk takes seconds)
@@ -295,13 +291,13 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         return psi, np.asarray(L_pop), jax.tree.map(np.asarray, prior)
 
     def run_draw(fn, key, at, mix, sub):
-        """``fn``'s draws for the subjects of ``sub`` (:func:`subset`)."""
+        """``fn``'s draws for the rows of ``sub`` (:func:`rows_of`)."""
         _, pidx, streams, data_c, X_c = sub
         return fn(key, at[0], at[1], streams, tuple(np.asarray(a)[pidx] for a in mix), data_c,
                   X_c)
 
     def run_weigh(fn, at, drawn, sub):
-        """Per-subject sums of ``drawn`` (the subjects of ``sub``) at ``at`` (:func:`at_psi`)."""
+        """Per-row sums of ``drawn`` (the rows of ``sub``) at ``at`` (:func:`at_psi`)."""
         n, pidx, _, data_c, X_c = sub
         prior = jax.tree.map(lambda a: a[pidx], at[2])
         return jax.tree.map(lambda a: np.asarray(a)[:n],
@@ -474,7 +470,7 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
                         acc = combine(acc, chunk(draw, kc, everyone))
                         m_total = m_total + M
                     else:
-                        # the chunk's N rows where they remove the most Monte Carlo variance
+                        # the chunk's rows where they remove the most Monte Carlo variance
                         v = np.where(m_total > 0, np.minimum(var_log(acc, m_total), 1e6), 0.0)
                         cap = np.maximum((options.max_draws - m_total) // M, 0).astype(int)
                         # the chunk size that removes the most variance per solve (plus a
@@ -496,12 +492,13 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
                             rank = np.arange(len(sub)) - np.repeat(np.cumsum(counts) - counts,
                                                                    counts)
                             spare = n_rows - len(sub)  # rows no subject gains from: dropped
-                            col = np.concatenate([sub, np.full(spare, -1)])
                             sub = np.concatenate([sub, np.zeros(spare, int)])
                             rank = np.concatenate([rank, counts[0] + np.arange(spare)])
                             sel = np.flatnonzero(counts)
-                            new = merge_rows(chunk(draw, kc, rows_of(sub, rank)),
-                                             np.searchsorted(sel, col) * (col >= 0) - (col < 0),
+                            # each row's place among the subjects drawn for (-1: dropped)
+                            col = np.concatenate([np.repeat(np.arange(len(sel)), counts[sel]),
+                                                  np.full(spare, -1)])
+                            new = merge_rows(chunk(draw, kc, rows_of(sub, rank)), col,
                                              len(sel), k_tail)
                             acc = combine(acc, scatter(acc, new, sel))
                             m_total = m_total + M * counts
