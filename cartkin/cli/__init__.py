@@ -23,13 +23,16 @@ def _use_all_cores() -> None:
 def _compilation_cache() -> None:
     # compiled programs are reused across runs (CARTKIN_CACHE=off disables it). diffrax's
     # solves are cached only with EQX_ON_ERROR=nan in the environment (equinox reads it at
-    # import): their outcome is reported per patient anyway.
+    # import): their outcome is reported per patient anyway. Every program is cached, however
+    # short its compile: a fit runs about a hundred small ones (10-40 ms each on the CPU), and
+    # caching only those over 0.5 s left the bundled closed-form fit 2.2 s slower from a warm
+    # cache (benchmarks/README.md, ninth session); the whole cache of the main command is a few MB.
     import jax
 
     cache = os.environ.get("CARTKIN_CACHE", os.path.expanduser("~/.cache/cartkin/jax"))
     if cache != "off":
         jax.config.update("jax_compilation_cache_dir", cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def main(argv: list[str] | None = None) -> int:
