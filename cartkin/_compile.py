@@ -6,6 +6,9 @@ against 0.5 s) and made them 5-9% faster; a fit compiles about ten such programs
 few dozen times, so without them the Stein ODE fit from an empty compilation cache took 27.9
 instead of 33.7 s (benchmarks/README.md, eighth session). Other backends compile with their
 defaults.
+
+Where JAX's persistent compilation cache is on (the ``cartkin`` command), the traced programs are
+kept too (:mod:`cartkin._traced`), so a later run skips tracing and lowering as well.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import functools
 
 import jax
+
+from . import _traced
 
 CPU_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
@@ -29,7 +34,13 @@ def compile_options() -> dict | None:
 
 def jit(fun=None, /, **kwargs):
     """``jax.jit(fun, **kwargs)`` compiled with :func:`compile_options` (usable as a decorator,
-    with or without keyword arguments)."""
+    with or without keyword arguments); its traced programs kept across runs
+    (:class:`cartkin._traced.Cached`) where the compilation cache is on and no keyword is
+    given."""
     if fun is None:
         return functools.partial(jit, **kwargs)
-    return jax.jit(fun, compiler_options=compile_options(), **kwargs)
+    options = compile_options()
+    jitted = jax.jit(fun, compiler_options=options, **kwargs)
+    if kwargs or _traced.directory() is None:
+        return jitted
+    return _traced.Cached(fun, jitted, options)
