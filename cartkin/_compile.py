@@ -8,7 +8,9 @@ instead of 33.7 s (benchmarks/README.md, eighth session). Other backends compile
 defaults.
 
 Where JAX's persistent compilation cache is on (the ``cartkin`` command), the traced programs are
-kept too (:mod:`cartkin._traced`), so a later run skips tracing and lowering as well.
+kept too (:mod:`cartkin._traced`), so a later run skips tracing and lowering as well; population
+simulation and CRS risk use that with XLA's defaults (``cpu_options=False``: their large runs are
+solve-bound, and the option was not measured on them).
 """
 
 from __future__ import annotations
@@ -32,14 +34,14 @@ def compile_options() -> dict | None:
     return _options(jax.default_backend())
 
 
-def jit(fun=None, /, **kwargs):
-    """``jax.jit(fun, **kwargs)`` compiled with :func:`compile_options` (usable as a decorator,
-    with or without keyword arguments); its traced programs kept across runs
-    (:class:`cartkin._traced.Cached`) where the compilation cache is on and no keyword is
-    given."""
+def jit(fun=None, /, *, cpu_options: bool = True, **kwargs):
+    """``jax.jit(fun, **kwargs)`` compiled with :func:`compile_options` (XLA's defaults with
+    ``cpu_options=False``; usable as a decorator, with or without keyword arguments); its traced
+    programs kept across runs (:class:`cartkin._traced.Cached`) where the compilation cache is
+    on and no other keyword is given."""
     if fun is None:
-        return functools.partial(jit, **kwargs)
-    options = compile_options()
+        return functools.partial(jit, cpu_options=cpu_options, **kwargs)
+    options = compile_options() if cpu_options else None
     jitted = jax.jit(fun, compiler_options=options, **kwargs)
     if kwargs or _traced.directory() is None:
         return jitted

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from jax.experimental import multihost_utils
 
+from ._compile import jit
 from ._devices import shard_map
 from ._models.base import ClosedFormModel, Model, ODEModel
 from . import _batched
@@ -189,7 +190,7 @@ def _build_sharded_solver(model, solver, max_steps, devices, interpolate=False):
     # each device runs its own adaptive solves
     fn = shard_map(body, mesh, in_specs=(spec, spec, spec, spec, rep, rep, rep),
                    out_specs=(spec, spec))
-    return jax.jit(fn), jax.sharding.NamedSharding(mesh, spec)
+    return jit(fn, cpu_options=False), jax.sharding.NamedSharding(mesh, spec)
 
 
 def _global_array(x: np.ndarray, sharding) -> jax.Array:

@@ -102,14 +102,18 @@ def _walk_one(obj, h, memo: dict) -> None:
             raise Unkeyable("an object array")
         h.update(f"{a.dtype.str}{a.shape}".encode())
         h.update(np.ascontiguousarray(a).tobytes())
-    elif t in (tuple, list):
+    elif isinstance(obj, (tuple, list)):
         h.update(f"{len(obj)}".encode())
         for x in obj:
             _walk(x, h, memo)
-    elif t is dict:  # in order: a trace may iterate over it
+        if t not in (tuple, list):  # a subclass (a PartitionSpec) may hold more than its items
+            _walk(_fields(obj), h, memo)
+    elif isinstance(obj, dict):  # in order: a trace may iterate over it
         for k, v in obj.items():
             _walk(k, h, memo)
             _walk(v, h, memo)
+        if t is not dict:
+            _walk(_fields(obj), h, memo)
     elif t in (set, frozenset):
         for r in sorted(repr(x) for x in obj):
             h.update(r.encode())
@@ -139,14 +143,20 @@ def _walk_one(obj, h, memo: dict) -> None:
         h.update(f"device:{obj.platform}:{obj.id}".encode())  # a Device
     elif _known(t.__module__) and (hasattr(obj, "__dict__") or hasattr(t, "__slots__")):
         # an object of cartkin or of a tracing library (an equinox Module, a dataclass)
-        fields = dict(getattr(obj, "__dict__", {}))
-        for cls in t.__mro__:
-            for s in getattr(cls, "__slots__", ()):
-                if s not in fields and hasattr(obj, s):
-                    fields[s] = getattr(obj, s)
-        _walk(sorted(fields.items(), key=lambda kv: kv[0]), h, memo)
+        _walk(_fields(obj), h, memo)
     else:
         raise Unkeyable(f"an object of {t.__module__}.{t.__qualname__}")
+
+
+def _fields(obj) -> list:
+    """An object's attributes (its ``__dict__`` and ``__slots__``), sorted by name."""
+    fields = dict(getattr(obj, "__dict__", {}))
+    for cls in type(obj).__mro__:
+        slots = getattr(cls, "__slots__", ())
+        for s in (slots,) if isinstance(slots, str) else slots:
+            if s not in fields and s not in ("__dict__", "__weakref__") and hasattr(obj, s):
+                fields[s] = getattr(obj, s)
+    return sorted(fields.items(), key=lambda kv: kv[0])
 
 
 def digest(*objs) -> str:
@@ -243,7 +253,7 @@ class Cached:
         """The kept program of ``sig``, exported now if there is none; None where it cannot
         be kept."""
         where = directory()
-        if where is None:
+        if where is None or jax.process_count() > 1:  # (one process: its devices are all)
             return None
         try:
             if self._closure is None:

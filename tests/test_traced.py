@@ -10,6 +10,7 @@ import textwrap
 
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 
 from cartkin._likelihood import SolverSettings
@@ -197,3 +198,29 @@ def test_fit_from_kept_programs_matches_a_traced_fit(tmp_path):
     for k in ("beta", "omega", "m2ll"):
         np.testing.assert_array_equal(warm[k], cold[k])
         np.testing.assert_allclose(cold[k], plain[k], rtol=1e-9, atol=1e-9)
+
+
+def test_simulate_command_from_kept_programs(tmp_path):
+    """``cartkin simulate`` (the batched solver split over two host devices) with the cache on,
+    twice, and with it off: the second run loads the solver's program instead of tracing it,
+    and all three tables agree."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    tables = {}
+    for run, cache in (("off", "off"), ("cold", tmp_path / "cache"), ("warm", tmp_path / "cache")):
+        out = tmp_path / run
+        cmd = [sys.executable, "-m", "cartkin.cli", "simulate", "--model", "stein2019ode",
+               "--n", "64", "--days", "60", "--points", "13", "--out", str(out)]
+        res = subprocess.run(cmd, env=dict(env, CARTKIN_CACHE=str(cache)), capture_output=True,
+                             text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        tables[run] = pd.read_csv(out / "simulation.csv")
+        if run == "cold":
+            kept = {p.name for p in (tmp_path / "cache" / "cartkin-traced").iterdir()}
+            assert any(name.startswith("body-") for name in kept)
+    # the warm run kept nothing new: it found every program it needed
+    assert {p.name for p in (tmp_path / "cache" / "cartkin-traced").iterdir()} == kept
+    num = tables["off"].select_dtypes("number").columns
+    assert len(tables["off"]) == 64 * 13 and len(num) >= 3
+    pd.testing.assert_frame_equal(tables["warm"], tables["cold"])
+    pd.testing.assert_frame_equal(tables["cold"][num], tables["off"][num], rtol=1e-9)

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from .._compile import jit
 from .link import N_CUTS, OrdinalLink, cuts_from_phi, minimise
 
 CUT_PRIOR_SD = 10.0
@@ -223,7 +224,8 @@ def _batch_solver(structure, steps):
         hess = jax.hessian(objective)(phi)
         return phi, jnp.linalg.inv(hess), value, gnorm
 
-    return jax.jit(jax.vmap(one, in_axes=(0, 0, None, None, None, None, None, None)))
+    return jit(jax.vmap(one, in_axes=(0, 0, None, None, None, None, None, None)),
+               cpu_options=False)
 
 
 def marginal_rates(link: OrdinalLink, x, w):

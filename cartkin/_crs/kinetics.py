@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._compile import jit
 from .._models.base import Model
 from .._population import (
     LogNormalCovariate,
@@ -262,7 +263,7 @@ def _sampler(model, eta_names, cov_items):
         theta = {n: typ_row[j] for j, n in enumerate(names)}
         return individual_parameters(model, theta, eta, eta_names, covs, ()), covs
 
-    return jax.jit(jax.vmap(one, in_axes=(0, None, 0, 0, None)))
+    return jit(jax.vmap(one, in_axes=(0, None, 0, 0, None)), cpu_options=False)
 
 
 def simulate_block(kin, sampler, settings, regimens, roles, n, lo, hi, burden=None):
