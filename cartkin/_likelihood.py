@@ -373,9 +373,11 @@ def sigma_positions(endpoints: Sequence[Endpoint]) -> tuple[np.ndarray, np.ndarr
 
 def sigma_per_endpoint(endpoints: Sequence[Endpoint], sigma):
     """(sigma_add (E,), sigma_prop (E,)) from the free residual parameters ``sigma`` (natural
-    scale, in :func:`sigma_layout`'s order); 1 where an endpoint has no such parameter."""
-    sigma = jnp.asarray(sigma)
-    return tuple(jnp.where(pos >= 0, sigma[np.maximum(pos, 0)], 1.0)
+    scale, in :func:`sigma_layout`'s order); 1 where an endpoint has no such parameter. Numpy
+    arrays for a numpy ``sigma`` (host-side set-up: no device program)."""
+    xp = np if isinstance(sigma, np.ndarray) else jnp
+    sigma = xp.asarray(sigma)
+    return tuple(xp.where(pos >= 0, sigma[np.maximum(pos, 0)], 1.0)
                  for pos in sigma_positions(endpoints))
 
 
@@ -525,14 +527,7 @@ def map_subjects(predict_draws, phi, data):
 
 def data_arrays(data: FitData) -> dict[str, jnp.ndarray]:
     """The per-subject arrays that ``predict_one`` and ``subject_loglik`` read (leading axis N)."""
-    return {
-        "time": jnp.asarray(data.time),
-        "dv": jnp.asarray(data.dv),
-        "cens": jnp.asarray(data.cens),
-        "limit": jnp.asarray(data.limit),
-        "endpoint": jnp.asarray(data.endpoint),
-        "mask": jnp.asarray(data.mask),
-        "ev_time": jnp.asarray(data.ev_time),
-        "ev_dose": jnp.asarray(data.ev_dose),
-        "ev_log_effect": jnp.asarray(data.ev_log_effect),
-    }
+    # put from the host (jnp.asarray is a small program per shape and dtype)
+    names = ("time", "dv", "cens", "limit", "endpoint", "mask", "ev_time", "ev_dose",
+             "ev_log_effect")
+    return {k: jax.device_put(np.asarray(getattr(data, k))) for k in names}

@@ -138,7 +138,7 @@ def fit(
         with progress_bar(n_iter, label, progress) as adv:
             k = 0
             while k < n_iter:
-                state, tr = run_block(state, jnp.arange(k, k + saem.block))
+                state, tr = run_block(state, np.arange(k, k + saem.block))
                 traces.append(jax.tree.map(np.asarray, tr))
                 k += saem.block
                 adv(saem.block)
@@ -363,14 +363,14 @@ def _polished_params(res, cov, t=1.0):
     layout = res["layout"]
     psi = res["psi"]
     step = t * (cov @ res["score"])
-    _, o0, _ = (np.asarray(x) for x in layout.unpack(jnp.asarray(psi)))
-    _, do, _ = (np.asarray(x) for x in layout.unpack(jnp.asarray(step)))
+    _, o0, _ = (np.asarray(x) for x in layout.unpack(np.asarray(psi, float)))
+    _, do, _ = (np.asarray(x) for x in layout.unpack(np.asarray(step, float)))
     ratio = np.diag(do) / np.diag(o0)
     worst = max(np.max(ratio, initial=0.0), np.max(-2 * ratio, initial=0.0))
     if worst > 1.0:
         step = step / worst
     for _ in range(6):
-        b, o, ls = (np.asarray(x) for x in layout.unpack(jnp.asarray(psi + step)))
+        b, o, ls = (np.asarray(x) for x in layout.unpack(np.asarray(psi + step, float)))
         if np.all(np.linalg.eigvalsh(o) > 1e-10):
             return {"beta": b, "omega": o, "log_sigma": ls}
         step = step / 2

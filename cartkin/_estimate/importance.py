@@ -100,11 +100,20 @@ class PsiLayout:
         self.size = self.n_beta + self.n_omega + self.n_sigma
 
     def pack(self, beta, omega, log_sigma):
-        return jnp.concatenate(
-            [beta[self.colmask], omega[self.omask_lower], jnp.asarray(log_sigma)]
+        """psi (numpy for numpy parameters: host-side set-up makes no device program)."""
+        xp = np if all(isinstance(a, np.ndarray) for a in (beta, omega, log_sigma)) else jnp
+        return xp.concatenate(
+            [beta[self.colmask], omega[self.omask_lower], xp.asarray(log_sigma)]
         )
 
     def unpack(self, psi):
+        """(beta, omega, log sigma) from psi (numpy for a numpy psi)."""
+        if isinstance(psi, np.ndarray):
+            b = np.zeros(self.colmask.shape)
+            b[self.colmask] = psi[: self.n_beta]
+            o = np.zeros(self.omask_lower.shape)
+            o[self.omask_lower] = psi[self.n_beta : self.n_beta + self.n_omega]
+            return b, o + np.tril(o, -1).T, psi[self.n_beta + self.n_omega :]
         b = jnp.zeros(self.colmask.shape).at[self.colmask].set(psi[: self.n_beta])
         o = jnp.zeros(self.omask_lower.shape).at[self.omask_lower].set(
             psi[self.n_beta : self.n_beta + self.n_omega]
@@ -128,14 +137,14 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
     """Build the sampler once (its programs compile once per fit); returns
     ``sample(params, post_mean, post_cov, progress=False, m2ll=True) -> dict`` (see
     :func:`importance_sample`)."""
-    X = jnp.asarray(X)
+    X = jax.device_put(np.asarray(X))  # (jnp.asarray would be a small program)
     N, d = X.shape[0], X.shape[1]
     T = data["time"].shape[1]
     colmask = np.any(np.asarray(X) != 0, axis=0)
     add, prop = sigma_layout(stat.endpoints)
     layout = PsiLayout(colmask, stat.omega_mask(), int(add.sum() + prop.sum()))
     n_s = layout.n_sigma
-    codes = jnp.asarray(codes)
+    codes = jax.device_put(np.asarray(codes))
     M = options.draws_per_chunk
 
     def prior_moments(psi, m1, m2, x_i):
@@ -278,7 +287,7 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         """Proposal components at each subject's conditional modes (:mod:`.modes`); ``at``:
         :func:`at_psi` of the parameters (its Cholesky factor of Omega)."""
         _, pidx, _, data_c, X_c = everyone
-        sa, sp = sigma_per_endpoint(stat.endpoints, jnp.exp(log_sigma))
+        sa, sp = sigma_per_endpoint(stat.endpoints, np.exp(np.asarray(log_sigma)))
         om = np.asarray(omega)
         found = search(np.asarray(m_q)[pidx], beta, at[1], np.linalg.inv(om), sa, sp, data_c,
                        X_c)
@@ -374,14 +383,16 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         at the step's end is zero by construction, so it checks nothing). ``modes``: the
         ``"modes"`` of an earlier call (the mode search's components; searched anew if None).
         ``louis_factor``: the information pass draws this many times ``louis_draws``."""
-        beta, omega, log_sigma = (jnp.asarray(params[k]) for k in ("beta", "omega", "log_sigma"))
+        # on the host: eager device operations would each be a small program
+        beta, omega, log_sigma = (np.asarray(params[k], float)
+                                  for k in ("beta", "omega", "log_sigma"))
         psi_hat = layout.pack(beta, omega, log_sigma)
         at = at_psi(psi_hat)
-        cov = INFLATE * (jnp.asarray(post_cov) + 1e-8 * jnp.eye(d))
+        cov = INFLATE * (np.asarray(post_cov) + 1e-8 * np.eye(d))
         # floor the proposal at 1% of the population variance so no subject's proposal collapses
-        cov = cov + 0.01 * jnp.diag(jnp.diag(omega))[None]
-        L_q = jnp.linalg.cholesky(cov)
-        m_q = jnp.asarray(post_mean)
+        cov = cov + 0.01 * np.diag(np.diag(omega))[None]
+        L_q = np.linalg.cholesky(cov)
+        m_q = np.asarray(post_mean, float)
         key = jax.random.PRNGKey(options.seed)
 
         def single(m, L):  # one component, as K equal copies
@@ -552,8 +563,8 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         Wi = acc_i["W"]
         Eg = acc_i["G"] / Wi[:, None]
         Egg = acc_i["GG"] / Wi[:, None, None]
-        EH = np.asarray(expected_hessian(psi_hat, jnp.asarray(ebe), jnp.asarray(epp),
-                                         jnp.asarray(acc_i["HR"] / Wi[:, None, None])))
+        EH = np.asarray(expected_hessian(psi_hat, np.asarray(ebe), np.asarray(epp),
+                                         np.asarray(acc_i["HR"] / Wi[:, None, None])))
         info = -EH - np.sum(Egg - Eg[:, :, None] * Eg[:, None, :], axis=0)
         return {
             "m2ll": float(-2 * loglik_i.sum()),

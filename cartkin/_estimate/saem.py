@@ -63,8 +63,9 @@ def saem_settings(settings, options: SAEMOptions):
 
 
 def _strong(tree):
-    """The arrays of ``tree`` without weak types (a weak-typed input traces a program again)."""
-    return jax.tree.map(lambda x: jnp.array(x, dtype=x.dtype), tree)
+    """The arrays of ``tree`` without weak types (a weak-typed input traces a program again),
+    put on the device from host copies (an eager copy would be a small program of its own)."""
+    return jax.tree.map(lambda x: jax.device_put(np.asarray(x)), tree)
 
 
 def make_saem(stat, predict_draws, data, X, options: SAEMOptions, codes):
@@ -81,22 +82,26 @@ def make_saem(stat, predict_draws, data, X, options: SAEMOptions, codes):
     # the subjects' arrays padded to a multiple of the device count (copies of the last subject,
     # left out of every sum)
     data_pad = pad_subjects({k: np.asarray(v) for k, v in data.items()}, n_dev)
-    X_pad = jnp.asarray(pad_subjects(np.asarray(X), n_dev))
+    X_pad_host = pad_subjects(np.asarray(X, float), n_dev)
+    X_pad = jax.device_put(X_pad_host)
     idx_pad = np.arange(X_pad.shape[0])
     if n_dev > 1:
         mesh = jax.sharding.Mesh(np.asarray(devices), ("subjects",))
         split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("subjects"))
         whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    X = jnp.asarray(X)  # (N, d, P)
+    # constants of the programs below, computed on the host (eager device operations would each
+    # be a small program to trace and load)
+    X_host = np.asarray(X, float)  # (N, d, P)
+    X = jax.device_put(X_host)
     P = X.shape[2]
-    colmask = jnp.asarray(np.any(np.asarray(X) != 0, axis=0))  # (d, P)
-    XtX = jnp.einsum("njp,njq->jpq", X, X) + jnp.eye(P) * (~colmask)[:, :, None]
-    XtX_inv = jnp.asarray(np.linalg.inv(np.asarray(XtX)))
-    G = jnp.einsum("njp,nkq->jpkq", X, X)  # for sum_i mu_ij mu_ik
-    omask = jnp.asarray(stat.omega_mask())
+    colmask = np.any(X_host != 0, axis=0)  # (d, P)
+    XtX = np.einsum("njp,njq->jpq", X_host, X_host) + np.eye(P) * (~colmask)[:, :, None]
+    XtX_inv = np.linalg.inv(XtX)
+    G = np.einsum("njp,nkq->jpkq", X_host, X_host)  # for sum_i mu_ij mu_ik
+    omask = np.asarray(stat.omega_mask())
     add, prop = sigma_layout(stat.endpoints)
     n_free = int(add.sum() + prop.sum())
-    codes = jnp.asarray(codes)
+    codes = jax.device_put(np.asarray(codes))  # indexed by traced endpoint numbers
 
     def predict_all(phi, data):
         f, code = map_subjects(predict_draws, phi[:, None, :], data)
@@ -108,9 +113,9 @@ def make_saem(stat, predict_draws, data, X, options: SAEMOptions, codes):
 
     # the kernel schedule of one E-step: 0 = prior proposal, 1 = full random walk,
     # 2 + j = random walk on component j. One scan over it: one compiled model solve.
-    schedule = jnp.asarray(
+    schedule = np.asarray(
         [0] * options.n_prior + [1] * options.n_rw + list(range(2, 2 + d)) * options.n_component,
-        dtype=jnp.int32,
+        dtype=np.int32,
     )
 
     def e_local(idx, phi, f, ok, ll, s_rw, s_comp, mu, data, key, L, sd, sa, sp):
@@ -242,34 +247,39 @@ def make_saem(stat, predict_draws, data, X, options: SAEMOptions, codes):
                 subj = jax.device_put(subj, one)
             state, tr = m_step_all(state, subj, k)
             traces.append(tr)
-        return state, jax.tree.map(lambda *a: jnp.stack(a), *traces)
+        return state, jax.tree.map(lambda *a: np.stack([np.asarray(x) for x in a]), *traces)
 
     def init(beta0, omega0, log_sigma0):
-        params = {"beta": jnp.asarray(beta0), "omega": jnp.asarray(omega0),
-                  "chol": jnp.linalg.cholesky(jnp.asarray(omega0)), "log_sigma": jnp.asarray(log_sigma0)}
-        phi0 = jnp.einsum("njp,jp->nj", X_pad, params["beta"])
+        # on the host: eager device operations would each be a small program
+        beta0, omega0, log_sigma0 = (np.asarray(a, float) for a in (beta0, omega0, log_sigma0))
+        params = {"beta": beta0, "omega": omega0, "chol": np.linalg.cholesky(omega0),
+                  "log_sigma": log_sigma0}
+        phi0 = np.einsum("njp,jp->nj", X_pad_host, beta0)
         n_pad = phi0.shape[0]
-        s_rw0, s_comp0 = jnp.full((n_pad,), 0.5), jnp.full((n_pad, d), 1.0)
+        s_rw0, s_comp0 = np.full((n_pad,), 0.5), np.full((n_pad, d), 1.0)
         # the predictions at phi0: one E-step whose every proposal is phi0 (a zero-width
         # population distribution; the chains start at log-likelihood -inf, so the first
         # kernel's solve is accepted wherever it succeeds), so that the model solve is
         # traced and compiled once, inside e_step
-        sa, sp = sigma_per_endpoint(stat.endpoints, jnp.exp(params["log_sigma"]))
-        width = jnp.full((d,), 1e-300)
-        start = (phi0, jnp.zeros(data_pad["time"].shape), jnp.zeros(n_pad, bool),
-                 jnp.full((n_pad,), -jnp.inf), s_rw0, s_comp0)
-        start, e_in0 = _strong((start, (phi0, jnp.diag(width), width, sa, sp)))
+        sa, sp = sigma_per_endpoint(stat.endpoints, np.exp(log_sigma0))
+        width = np.full((d,), 1e-300)
+        start = (phi0, np.zeros(data_pad["time"].shape), np.zeros(n_pad, bool),
+                 np.full((n_pad,), -np.inf), s_rw0, s_comp0)
+        start, e_in0 = _strong((start, (phi0, np.diag(width), width, sa, sp)))
         key0, subj0, e_in0 = to_devices(jax.random.PRNGKey(options.seed), start, e_in0)
         _, f0, ok0, ll0, _, _ = e_step(key0, subj0, *e_in0)
         if n_dev > 1:
             f0, ok0, ll0 = jax.device_put((f0, ok0, ll0), one)
         key, sub = jax.random.split(jax.random.PRNGKey(options.seed))
+        mu = np.einsum("njp,jp->nj", X_pad_host, beta0)
+        e_in = (mu, params["chol"], np.sqrt(np.diag(omega0)), sa, sp)  # as e_inputs(params)
         state = {
             "phi": phi0, "f": f0, "ok": ok0, "ll": ll0,
             "s_rw": s_rw0, "s_comp": s_comp0,
-            "stats": {"B": jnp.einsum("njp,nk->jpk", X, phi0[:N]), "S2": phi0[:N].T @ phi0[:N]},
-            "params": params, "post_m": jnp.zeros((N, d)), "post_s": jnp.zeros((N, d, d)),
-            "key": key, "sub": sub, "e_in": e_inputs(params),
+            "stats": {"B": np.einsum("njp,nk->jpk", X_host, phi0[:N]),
+                      "S2": phi0[:N].T @ phi0[:N]},
+            "params": params, "post_m": np.zeros((N, d)), "post_s": np.zeros((N, d, d)),
+            "key": key, "sub": sub, "e_in": e_in,
         }
         # strong types throughout, so that every block reuses one compilation; on several
         # devices, laid out as m_step_all returns it (else its second call traces it again)
