@@ -43,7 +43,7 @@ _KNOWN = ("cartkin", "jax", "jaxlib", "equinox", "diffrax", "lineax", "optimisti
 CONFIG = ("jax_enable_x64", "jax_default_matmul_precision", "jax_numpy_rank_promotion",
           "jax_numpy_dtype_promotion", "jax_default_prng_impl", "jax_threefry_partitionable",
           "jax_enable_checks", "jax_debug_nans", "jax_debug_infs", "jax_disable_jit",
-          "jax_use_shardy_partitioner")
+          "jax_use_shardy_partitioner", "jax_dynamic_shapes", "jax_default_dtype_bits")
 _LEAVES = (type(None), bool, int, float, complex, str, bytes)
 # what this process did (per program and argument signature): kept programs loaded, programs
 # exported and kept, programs traced every run (unkeyable or not exportable)
