@@ -203,17 +203,21 @@ def directory() -> Path | None:
 def _signature(args) -> tuple[tuple, tuple]:
     """The key part of the argument types and layouts (a new one is a new program, as for
     ``jax.jit``), and the device of each array committed to one device (where the program runs;
-    not part of the program)."""
+    not part of the program). Called on every call: a few attribute reads per argument."""
     leaves, tree = jax.tree.flatten(args)
     sig, placed = [], []
     for x in leaves:
-        aval = jax.api_util.shaped_abstractify(x)
-        devices = x.sharding.device_set if isinstance(x, jax.Array) else ()
-        # a layout over several devices is part of the program
-        layout = x.sharding if len(devices) > 1 else None
-        sig.append((aval.shape, str(aval.dtype), aval.weak_type, layout))
-        placed.append(next(iter(devices)).id if len(devices) == 1 and x.committed else None)
-    return (str(tree), tuple(sig)), tuple(placed)
+        if isinstance(x, jax.Array):
+            aval, devices = x.aval, x.sharding.device_set
+            one = len(devices) == 1
+            # a layout over several devices is part of the program
+            sig.append((aval.shape, aval.dtype, aval.weak_type, None if one else x.sharding))
+            placed.append(next(iter(devices)).id if one and x.committed else None)
+        else:
+            aval = jax.api_util.shaped_abstractify(x)
+            sig.append((aval.shape, aval.dtype, aval.weak_type, None))
+            placed.append(None)
+    return (tree, tuple(sig)), tuple(placed)
 
 
 class Cached:

@@ -112,9 +112,9 @@ CHILD = textwrap.dedent(
 )
 
 
-def _child(cache, scale, devices):
+def _child(cache, scale, devices, **extra_env):
     env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **extra_env)
     out = subprocess.run([sys.executable, "-c", CHILD, str(cache), repr(scale)], env=env,
                          capture_output=True, text=True, timeout=120)
     line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
@@ -142,6 +142,22 @@ def test_kept_program_is_loaded_and_gives_what_tracing_gives(tmp_path, devices):
     assert third["traces"] == 2
     assert len(list((tmp_path / "cartkin-traced").iterdir())) == 4
     np.testing.assert_allclose(third["y"], np.sin(x) * 2.0 * 1.25, rtol=1e-15)
+
+
+def test_damaged_entry_is_exported_again_and_the_switch_turns_it_off(tmp_path):
+    """A kept program that cannot be read is traced and kept again (same numbers);
+    ``CARTKIN_TRACED=off`` keeps nothing and traces every run."""
+    first = _child(tmp_path, 1.5, 1)
+    kept = sorted((tmp_path / "cartkin-traced").iterdir())
+    kept[0].write_bytes(b"not a program")
+    again = _child(tmp_path, 1.5, 1)
+    assert again["traces"] == 1  # the damaged one only
+    assert again["y"] == first["y"] and again["y2"] == first["y2"]
+    assert kept[0].read_bytes() != b"not a program"
+    off = tmp_path / "off"
+    res = _child(off, 1.5, 1, CARTKIN_TRACED="off")
+    assert res["traces"] == 2 and not (off / "cartkin-traced").exists()
+    np.testing.assert_allclose(res["y"], first["y"], rtol=1e-15)
 
 
 FIT = textwrap.dedent(
