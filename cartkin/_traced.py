@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 # modules whose functions and objects may appear in a key: cartkin's own (their source is in the
 # key) and the libraries whose versions are
-LIBRARIES = ("jax", "jaxlib", "equinox", "diffrax", "lineax", "optimistix", "numpy")
+LIBRARIES = ("jax", "jaxlib", "equinox", "diffrax", "lineax", "optimistix", "numpy", "scipy")
 _KNOWN = ("cartkin", "jax", "jaxlib", "equinox", "diffrax", "lineax", "optimistix", "numpy",
           "builtins", "functools", "operator", "math", "scipy")
 # the parts of JAX's configuration that change a trace
@@ -66,7 +66,17 @@ def _code(h, code: types.CodeType) -> None:
         if isinstance(c, types.CodeType):
             _code(h, c)
         else:
-            h.update(repr(c).encode())
+            h.update(_const_repr(c).encode())
+
+
+def _const_repr(c) -> str:
+    """repr of a code constant, the same in every process (a frozenset of strings iterates in
+    an order that changes with the interpreter's string hashing)."""
+    if isinstance(c, frozenset):
+        return "frozenset(" + ",".join(sorted(_const_repr(x) for x in c)) + ")"
+    if isinstance(c, tuple):
+        return "(" + ",".join(_const_repr(x) for x in c) + ")"
+    return repr(c)
 
 
 def _walk(obj, h, memo: dict) -> None:

@@ -79,6 +79,28 @@ def test_unknown_objects_are_unkeyable(monkeypatch):
         digest(Opaque())
 
 
+def test_digest_is_the_same_in_every_process():
+    """A program's key may not change with the interpreter's string hashing (the order of a
+    set of strings, in a closure or as a code constant)."""
+    code = textwrap.dedent(
+        """
+        import cartkin._traced as tr
+        tr._KNOWN += ("__main__",)
+        def make(names):
+            def f(x):
+                return x if x in {"alpha", "beta", "gamma", "delta"} else names
+            return f
+        print(tr.digest(make(frozenset({"foldx", "Tmax", "Cmax"}))))
+        """
+    )
+    keys = {
+        subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONHASHSEED=seed),
+                       capture_output=True, text=True, timeout=60, check=True).stdout
+        for seed in ("1", "2", "3")
+    }
+    assert len(keys) == 1
+
+
 CHILD = textwrap.dedent(
     """
     import json, sys
