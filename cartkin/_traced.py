@@ -34,6 +34,11 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+try:  # public in the jax versions this cache was tested with; without it the cache is off
+    from jax.api_util import shaped_abstractify as _abstractify
+except ImportError:  # pragma: no cover
+    _abstractify = None
+
 # modules whose functions and objects may appear in a key: cartkin's own (their source is in the
 # key) and the libraries whose versions are
 LIBRARIES = ("jax", "jaxlib", "equinox", "diffrax", "lineax", "optimistix", "numpy", "scipy")
@@ -204,8 +209,9 @@ def _environment() -> str:
 
 def directory() -> Path | None:
     """Where traced programs are kept: beside JAX's compilation cache, when that is on."""
-    root = jax.config.values.get("jax_compilation_cache_dir")
-    if not root or os.environ.get("CARTKIN_TRACED", "") == "off":
+    values = getattr(jax.config, "values", None)  # (the key needs JAX's configuration)
+    root = values.get("jax_compilation_cache_dir") if values is not None else None
+    if not root or _abstractify is None or os.environ.get("CARTKIN_TRACED", "") == "off":
         return None
     return Path(root) / "cartkin-traced"
 
@@ -224,7 +230,7 @@ def _signature(args) -> tuple[tuple, tuple]:
             sig.append((aval.shape, aval.dtype, aval.weak_type, None if one else x.sharding))
             placed.append(next(iter(devices)).id if one and x.committed else None)
         else:
-            aval = jax.api_util.shaped_abstractify(x)
+            aval = _abstractify(x)
             sig.append((aval.shape, aval.dtype, aval.weak_type, None))
             placed.append(None)
     return (tree, tuple(sig)), tuple(placed)
@@ -292,12 +298,16 @@ class Cached:
             return None
 
         def spec(x):
-            aval = jax.api_util.shaped_abstractify(x)
+            aval = _abstractify(x)
             return jax.ShapeDtypeStruct(aval.shape, aval.dtype, weak_type=aval.weak_type)
 
         try:
             exported = export.export(self.jitted)(*jax.tree.map(spec, args))
             data = exported.serialize()
+        except ImportError as e:  # flatbuffers missing: not kept, and not marked as unkeepable
+            log.debug("%s not kept (%s)", self.fun.__qualname__, e)
+            COUNTS["untraceable"] += 1
+            return None
         except Exception as e:  # noqa: BLE001 - e.g. a host callback: traced every run
             log.debug("%s cannot be exported (%s)", self.fun.__qualname__, e)
             _write(path.with_suffix(".no"), b"")
