@@ -75,7 +75,7 @@ def _code(h, code: types.CodeType) -> None:
 
 
 def _const_repr(c) -> str:
-    """repr of a code constant, the same in every process (a frozenset of strings iterates in
+    """repr of a code constant or a set, the same in every process (a set of strings iterates in
     an order that changes with the interpreter's string hashing)."""
     if isinstance(c, frozenset):
         return "frozenset(" + ",".join(sorted(_const_repr(x) for x in c)) + ")"
@@ -130,8 +130,7 @@ def _walk_one(obj, h, memo: dict) -> None:
         if t is not dict:
             _walk(_fields(obj), h, memo)
     elif t in (set, frozenset):
-        for r in sorted(repr(x) for x in obj):
-            h.update(r.encode())
+        h.update(_const_repr(frozenset(obj)).encode())
     elif isinstance(obj, types.FunctionType):
         if not _known(obj.__module__):
             raise Unkeyable(f"function {obj.__module__}.{obj.__qualname__}")
@@ -216,11 +215,11 @@ def directory() -> Path | None:
     return Path(root) / "cartkin-traced"
 
 
-def _signature(args) -> tuple[tuple, tuple]:
+def _signature(leaves, tree) -> tuple[tuple, tuple]:
     """The key part of the argument types and layouts (a new one is a new program, as for
     ``jax.jit``), and the device of each array committed to one device (where the program runs;
-    not part of the program). Called on every call: a few attribute reads per argument."""
-    leaves, tree = jax.tree.flatten(args)
+    not part of the program), from the flattened arguments. Called on every call: a few
+    attribute reads per argument."""
     sig, placed = [], []
     for x in leaves:
         if isinstance(x, jax.Array):
@@ -255,21 +254,21 @@ class Cached:
         return self.fun, self.compiler_options
 
     def __call__(self, *args):
-        leaves = jax.tree.leaves(args)
+        leaves, tree = jax.tree.flatten(args)
         if any(isinstance(x, jax.core.Tracer) for x in leaves):
             return self.jitted(*args)
-        sig, placed = _signature(args)
+        sig, placed = _signature(leaves, tree)
         call = self._calls.get((sig, placed))
         if call is None:
             if sig not in self._programs:
-                self._programs[sig] = self._program(args, sig)
+                self._programs[sig] = self._program(sig)
             exported = self._programs[sig]
             call = self.jitted if exported is None else _caller(
                 exported, args, placed, self.compiler_options)
             self._calls[(sig, placed)] = call
         return call(*args)
 
-    def _program(self, args, sig):
+    def _program(self, sig):
         """The kept program of ``sig``, exported now if there is none; None where it cannot
         be kept."""
         where = directory()
@@ -297,12 +296,11 @@ class Cached:
             COUNTS["untraceable"] += 1
             return None
 
-        def spec(x):
-            aval = _abstractify(x)
-            return jax.ShapeDtypeStruct(aval.shape, aval.dtype, weak_type=aval.weak_type)
-
+        tree, avals = sig
+        specs = [jax.ShapeDtypeStruct(shape, dtype, weak_type=weak)
+                 for shape, dtype, weak, _ in avals]
         try:
-            exported = export.export(self.jitted)(*jax.tree.map(spec, args))
+            exported = export.export(self.jitted)(*jax.tree.unflatten(tree, specs))
             data = exported.serialize()
         except ImportError as e:  # flatbuffers missing: not kept, and not marked as unkeepable
             log.debug("%s not kept (%s)", self.fun.__qualname__, e)

@@ -70,8 +70,10 @@ def make_mode_search(predict_draws, d: int, codes, n_iter: int, devices):
     failed. ``H``: the Gauss-Newton curvature of -log density at the returned point.
     """
     S = 2 + len(MOVES) * d
-    codes = jax.device_put(np.asarray(codes))  # indexed by traced endpoint numbers
-    is_log = jax.device_put(np.asarray(codes) == 0)
+    codes = np.asarray(codes)
+    # on the device: indexed by traced endpoint numbers
+    is_log = jax.device_put(codes == 0)
+    codes = jax.device_put(codes)
 
     def to_eta(f, data_i):
         """Predictions on each record's error scale (log f for log-additive errors)."""

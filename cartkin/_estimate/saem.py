@@ -194,10 +194,11 @@ def make_saem(stat, predict_draws, data, X, options: SAEMOptions, codes):
 
     def e_inputs(params):
         """What the E-step needs of the parameters: mu (padded), L, the IIV SDs, the residual
-        SDs."""
-        sa, sp = sigma_per_endpoint(stat.endpoints, jnp.exp(params["log_sigma"]))
-        mu = jnp.einsum("njp,jp->nj", X_pad, params["beta"])
-        return mu, params["chol"], jnp.sqrt(jnp.diag(params["omega"])), sa, sp
+        SDs (numpy for numpy parameters: the host-side start makes no device program)."""
+        xp, Xp = (np, X_pad_host) if isinstance(params["beta"], np.ndarray) else (jnp, X_pad)
+        sa, sp = sigma_per_endpoint(stat.endpoints, xp.exp(params["log_sigma"]))
+        mu = xp.einsum("njp,jp->nj", Xp, params["beta"])
+        return mu, params["chol"], xp.sqrt(xp.diag(params["omega"])), sa, sp
 
     @jit
     def m_step_all(state, subj, k):
@@ -254,14 +255,14 @@ def make_saem(stat, predict_draws, data, X, options: SAEMOptions, codes):
         beta0, omega0, log_sigma0 = (np.asarray(a, float) for a in (beta0, omega0, log_sigma0))
         params = {"beta": beta0, "omega": omega0, "chol": np.linalg.cholesky(omega0),
                   "log_sigma": log_sigma0}
-        phi0 = np.einsum("njp,jp->nj", X_pad_host, beta0)
+        e_in = e_inputs(params)
+        phi0, sa, sp = e_in[0], e_in[3], e_in[4]  # the chains start at mu
         n_pad = phi0.shape[0]
         s_rw0, s_comp0 = np.full((n_pad,), 0.5), np.full((n_pad, d), 1.0)
         # the predictions at phi0: one E-step whose every proposal is phi0 (a zero-width
         # population distribution; the chains start at log-likelihood -inf, so the first
         # kernel's solve is accepted wherever it succeeds), so that the model solve is
         # traced and compiled once, inside e_step
-        sa, sp = sigma_per_endpoint(stat.endpoints, np.exp(log_sigma0))
         width = np.full((d,), 1e-300)
         start = (phi0, np.zeros(data_pad["time"].shape), np.zeros(n_pad, bool),
                  np.full((n_pad,), -np.inf), s_rw0, s_comp0)
@@ -271,8 +272,6 @@ def make_saem(stat, predict_draws, data, X, options: SAEMOptions, codes):
         if n_dev > 1:
             f0, ok0, ll0 = jax.device_put((f0, ok0, ll0), one)
         key, sub = jax.random.split(jax.random.PRNGKey(options.seed))
-        mu = np.einsum("njp,jp->nj", X_pad_host, beta0)
-        e_in = (mu, params["chol"], np.sqrt(np.diag(omega0)), sa, sp)  # as e_inputs(params)
         state = {
             "phi": phi0, "f": f0, "ok": ok0, "ll": ll0,
             "s_rw": s_rw0, "s_comp": s_comp0,
