@@ -128,27 +128,20 @@ class EventTable:
         return self.time.shape[-1]
 
 
-def compile_regimen(
+def regimen_events(
     regimen: Regimen | None,
     parameter_names: Sequence[str],
     *,
-    weight: float | None = None,
     n_events: int | None = None,
     pad_time: float = 1e30,
-) -> EventTable:
-    """Event table of one regimen, padded to ``n_events`` inert events at ``pad_time``."""
+) -> tuple[EventTable, np.ndarray]:
+    """Event table of one regimen, doses as given (cells, or cells/kg), padded to ``n_events``
+    inert events at ``pad_time``; and which events are doses in cells/kg (bool, same order)."""
     regimen = regimen or Regimen()
     names = list(parameter_names)
-    rows: list[tuple[float, float, np.ndarray]] = []
+    rows: list[tuple[float, float, np.ndarray, bool]] = []
     for d in regimen.doses:
-        amount = d.amount
-        if d.per_kg:
-            if weight is None or not np.isfinite(weight) or weight <= 0:
-                raise ValueError(
-                    f"a dose in cells/kg needs a positive weight covariate WT (kg), got {weight}"
-                )
-            amount = amount * weight
-        rows.append((d.time, amount, np.zeros(len(names))))
+        rows.append((d.time, d.amount, np.zeros(len(names)), bool(d.per_kg)))
     for iv in regimen.interventions:
         eff = np.zeros(len(names))
         for k, v in iv.effects.items():
@@ -158,7 +151,7 @@ def compile_regimen(
                     f"parameters are {names}"
                 )
             eff[names.index(k)] = np.log(v)
-        rows.append((iv.time, 0.0, eff))
+        rows.append((iv.time, 0.0, eff, False))
     rows.sort(key=lambda r: r[0])
     n = len(rows) if n_events is None else n_events
     if len(rows) > n:
@@ -166,9 +159,36 @@ def compile_regimen(
     time = np.full(n, pad_time)
     dose = np.zeros(n)
     eff = np.zeros((n, len(names)))
-    for i, (t, a, e) in enumerate(rows):
-        time[i], dose[i], eff[i] = t, a, e
-    return EventTable(time, dose, eff)
+    per_kg = np.zeros(n, bool)
+    for i, (t, a, e, kg) in enumerate(rows):
+        time[i], dose[i], eff[i], per_kg[i] = t, a, e, kg
+    return EventTable(time, dose, eff), per_kg
+
+
+def check_weight(weight) -> None:
+    """A dose in cells/kg needs a positive, finite body weight (kg)."""
+    if weight is None or not np.isfinite(weight) or weight <= 0:
+        raise ValueError(
+            f"a dose in cells/kg needs a positive weight covariate WT (kg), got {weight}"
+        )
+
+
+def compile_regimen(
+    regimen: Regimen | None,
+    parameter_names: Sequence[str],
+    *,
+    weight: float | None = None,
+    n_events: int | None = None,
+    pad_time: float = 1e30,
+) -> EventTable:
+    """Event table of one regimen (doses in cells: those in cells/kg times ``weight``), padded
+    to ``n_events`` inert events at ``pad_time``."""
+    table, per_kg = regimen_events(regimen, parameter_names, n_events=n_events, pad_time=pad_time)
+    if not per_kg.any():
+        return table
+    check_weight(weight)
+    return EventTable(table.time, np.where(per_kg, table.dose * weight, table.dose),
+                      table.log_effect)
 
 
 def stack_event_tables(tables: Sequence[EventTable]) -> EventTable:

@@ -31,7 +31,7 @@ from ._devices import shard_map
 from ._models.base import ClosedFormModel, Model, ODEModel
 from . import _batched
 from ._progress import progress_bar
-from ._regimen import Regimen, compile_regimen, stack_event_tables
+from ._regimen import Regimen, check_weight, regimen_events
 from ._solve import Status, solve_patient
 
 _MIN_PAD = 8
@@ -252,6 +252,7 @@ def simulate(
     method: str = "auto",
     interpolate: bool = False,
     outputs: Sequence[str] | None = None,
+    on_device: bool = False,
 ) -> SimResult:
     """Simulate ``model`` for N patients (and D regimens) at ``times`` (days).
 
@@ -285,6 +286,10 @@ def simulate(
             of 192).
         outputs: names of the model outputs to return (default: all); the others are not
             copied off the device.
+        on_device: return ``outputs`` and ``status`` as JAX arrays left where they were computed
+            (the devices), for further JAX computation (a GPU then copies nothing to the host);
+            default: numpy arrays on the host. Across processes (``jax.distributed``) the
+            outputs are gathered to the host whatever this says.
     """
     times = np.asarray(times, dtype=float)
     _check_inputs(model, theta, times)
@@ -319,16 +324,27 @@ def simulate(
     per_kg = any(d.per_kg for r in regimens if r for d in r.doses)
     if per_kg and weights is None:
         raise ValueError("a dose is in cells/kg: pass weight= (kg, scalar or one per patient)")
-    tables = []
-    for r in regimens:
-        if per_kg:
-            tables.extend(compile_regimen(r, names, weight=w, n_events=n_ev) for w in weights)
-        else:
-            tables.extend([compile_regimen(r, names, n_events=n_ev)] * n)
-    ev = stack_event_tables(tables)
+    if per_kg:
+        bad = ~(np.isfinite(weights) & (weights > 0))
+        check_weight(weights[np.argmax(bad)] if bad.any() else 1.0)
+    # one event table per regimen; a chunk's rows are gathered from these and theta (row r of
+    # the D x n solves: regimen r // n, patient r % n), so host memory grows with the chunk only
+    tables = [regimen_events(r, names, n_events=n_ev) for r in regimens]
+    ev_time, ev_dose, ev_eff = (np.stack([getattr(t, a) for t, _ in tables])
+                                for a in ("time", "dose", "log_effect"))
+    ev_kg = np.stack([kg for _, kg in tables])
     D = len(regimens)
-    theta_all = {k: np.tile(v, D) for k, v in theta.items()}
     m = D * n
+
+    def rows(lo, hi):
+        """theta and events of rows lo .. hi-1; rows past m (padding) repeat row 0."""
+        r = np.arange(lo, hi)
+        r = np.where(r < m, r, 0)
+        d, i = r // n, r % n
+        dose = ev_dose[d]
+        if per_kg:
+            dose = np.where(ev_kg[d], dose * weights[i][:, None], dose)
+        return {k: v[i] for k, v in theta.items()}, (ev_time[d], dose, ev_eff[d])
 
     if resolve_method(model, solver, method) == "batched":
         solver = "batched"
@@ -339,15 +355,7 @@ def simulate(
     per_dev = chunk_size or default_chunk_size(solver)
     size = _padded_size(math.ceil(m / ndev), per_dev) * ndev
     n_chunks = math.ceil(m / size)
-    total = n_chunks * size
 
-    def pad(x):
-        # pad with copies of the first row: valid parameters, results dropped afterwards
-        extra = total - x.shape[0]
-        return np.concatenate([x, np.repeat(x[:1], extra, axis=0)]) if extra else x
-
-    theta_p = {k: pad(v) for k, v in theta_all.items()}
-    ev_p = (pad(ev.time), pad(ev.dose), pad(ev.log_effect))
     rtol_a, atol_a = jnp.asarray(rtol, float), jnp.asarray(atol, float)
     times_j = jnp.asarray(times)
     # the devices span several processes (jax.distributed): global arrays in, gathered arrays out
@@ -356,7 +364,8 @@ def simulate(
         fn, sharding = _sharded_solver(model, solver, max_steps, devices, interpolate)
         multiproc = not sharding.is_fully_addressable
     if multiproc:
-        _check_same_inputs(theta_p, ev_p, times, rtol, atol)
+        ev_all = (ev_time, ev_dose, ev_eff, ev_kg, np.zeros(0) if weights is None else weights)
+        _check_same_inputs(theta, ev_all, times, rtol, atol)
         rep = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
         times_j = _global_array(times, rep)
         rtol_a = _global_array(np.asarray(rtol, float), rep)
@@ -364,11 +373,19 @@ def simulate(
     outs: list = []
     stats: list = []
     show = progress if progress is not None else (n_chunks > 1 and jax.process_index() == 0)
+    to_host = multiproc or not on_device
+
+    def collect(out, status, count, advance):
+        if to_host:  # waits for this chunk only: the next one is already running
+            out, status = jax.tree.map(np.asarray, out), np.asarray(status)
+        outs.append(out)
+        stats.append(status)
+        advance(count)
+
     with progress_bar(total=m, description=f"simulating {model.name}", enabled=show) as advance:
+        pending = None
         for c in range(n_chunks):
-            sl = slice(c * size, (c + 1) * size)
-            th = {k: v[sl] for k, v in theta_p.items()}
-            evc = tuple(x[sl] for x in ev_p)
+            th, evc = rows(c * size, (c + 1) * size)
             if multiproc:
                 th = {k: _global_array(v, sharding) for k, v in th.items()}
                 evc = tuple(_global_array(x, sharding) for x in evc)
@@ -386,11 +403,21 @@ def simulate(
             if multiproc:
                 # every process gets every patient (an all-gather across the processes)
                 out, status = multihost_utils.process_allgather((out, status), tiled=True)
-            outs.append(jax.tree.map(np.asarray, out))
-            stats.append(np.asarray(status))
-            advance(min(size, m - c * size))
-    out = {k: np.concatenate([o[k] for o in outs])[:m] for k in outs[0]}
-    status = np.concatenate(stats)[:m].astype(np.int8)
+            elif to_host:
+                # start this chunk's copy to the host; it overlaps the next chunk's solve
+                for x in jax.tree.leaves((out, status)):
+                    x.copy_to_host_async()
+            if pending is not None:
+                collect(*pending, advance)
+            pending = (out, status, min(size, m - c * size))
+        collect(*pending, advance)
+    xp = np if to_host else jnp
+
+    def joined(parts):
+        return (parts[0] if len(parts) == 1 else xp.concatenate(parts))[:m]
+
+    out = {k: joined([o[k] for o in outs]) for k in outs[0]}
+    status = joined(stats).astype(xp.int8)
     if multi:
         out = {k: v.reshape(D, n, -1) for k, v in out.items()}
         status = status.reshape(D, n)

@@ -6,6 +6,7 @@ import sys
 import textwrap
 from typing import ClassVar
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -99,6 +100,28 @@ def test_same_seed_same_patients_across_batch_and_chunk_sizes():
     b = ck.simulate(m, th_big, TIMES, chunk_size=256).outputs["C"]
     np.testing.assert_allclose(a, b, rtol=1e-12)
     np.testing.assert_allclose(a[:7], ck.simulate(m, th_small, TIMES).outputs["C"], rtol=1e-12)
+
+
+def test_on_device_outputs_equal_host_outputs_across_chunks():
+    # several chunks (each chunk's copy overlaps the next solve) and several dose levels; the
+    # device result is a JAX array with the same numbers as the host result
+    m = ck.Hardiansyah2019()
+    th, _, _ = Population(m, omega={"rE": 0.09, "KBC": 0.09}).sample(20, seed=3)
+    regs = [ck.Regimen.single(1e8), ck.Regimen.single(1e9)]
+    t = np.array([0.0, 1.0, 7.0, 14.0, 28.0])
+    host = ck.simulate(m, th, t, regs, chunk_size=8, outputs=["IL6", "B"])
+    dev = ck.simulate(m, th, t, regs, chunk_size=8, outputs=["IL6", "B"], on_device=True)
+    one = ck.simulate(m, th, t, regs, chunk_size=64, outputs=["IL6", "B"])
+    assert isinstance(dev.outputs["IL6"], jax.Array) and isinstance(dev.status, jax.Array)
+    assert isinstance(host.outputs["IL6"], np.ndarray) and host.outputs["IL6"].shape == (2, 20, 5)
+    for k in ("IL6", "B"):
+        np.testing.assert_array_equal(np.asarray(dev.outputs[k]), host.outputs[k])
+        np.testing.assert_allclose(host.outputs[k], one.outputs[k], rtol=1e-12)
+    np.testing.assert_array_equal(np.asarray(dev.status), host.status)
+    assert host.ok.all() and bool(dev.ok.all())
+    # the first dose level is the single-regimen simulation of the same patients
+    lone = ck.simulate(m, th, t, regs[0], chunk_size=8, outputs=["IL6"])
+    np.testing.assert_allclose(lone.outputs["IL6"], host.outputs["IL6"][0], rtol=1e-12)
 
 
 def test_dose_events_exact():

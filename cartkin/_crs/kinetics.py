@@ -184,7 +184,7 @@ class SolveSettings:
         grid = np.unique(np.round(np.r_[fine, coarse, self.window], 12))
         return grid[grid <= self.window + 1e-9]
 
-    def simulate(self, model, theta, regimens, weight, outputs=None):
+    def simulate(self, model, theta, regimens, weight, outputs=None, on_device=False):
         from .._simulate import simulate
 
         return simulate(
@@ -203,6 +203,7 @@ class SolveSettings:
             devices=self.devices,
             progress=False,
             outputs=outputs,
+            on_device=on_device,
         )
 
 
@@ -269,13 +270,15 @@ def _sampler(model, eta_names, cov_items):
 def simulate_block(kin, sampler, settings, regimens, roles, n, lo, hi, burden=None):
     """Solve rows ``lo..hi-1`` at every regimen.
 
-    Returns ``(outputs (D, B, T), ok (D, B), draw (B,), theta, weight)``.
+    Returns ``(outputs (D, B, T), ok (D, B), draw (B,), theta, weight)``; outputs and ok are
+    JAX arrays left on the devices (the metrics are computed there: on a GPU the solves'
+    outputs never travel to the host).
     """
     theta, weight, draw = sampler.block(n, lo, hi)
     if burden is not None:
         theta[kin.burden] = np.full_like(theta[kin.burden], burden)
     names = sorted({roles.il6, roles.cart, roles.tumour} - {None})
-    res = settings.simulate(kin.model, theta, regimens, weight, outputs=names)
+    res = settings.simulate(kin.model, theta, regimens, weight, outputs=names, on_device=True)
     keep = {k: res.outputs[k] for k in names}
     return keep, res.ok, draw, theta, weight
 
@@ -300,7 +303,7 @@ def cohort_metrics(kin, typicals, key, n, cohorts, settings, names, roles):
         hi = min(S * n, lo + per)
         out, ok, _, _, _ = simulate_block(kin, sampler, settings, regs, roles, n, lo, hi)
         x_all[:, lo:hi] = np.asarray(final_metrics(times, out, names, roles))
-        ok_all[:, lo:hi] = ok & np.all(np.isfinite(x_all[:, lo:hi]), axis=-1)
+        ok_all[:, lo:hi] = np.asarray(ok) & np.all(np.isfinite(x_all[:, lo:hi]), axis=-1)
     xs, ws = [], []
     for ci in range(len(cohorts)):
         idx = [j for j, (cj, _, _) in enumerate(levels) if cj == ci]
