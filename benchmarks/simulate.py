@@ -340,7 +340,7 @@ def main():
     ap.add_argument("--n", "--sizes", dest="n", type=int, nargs="+", default=[100, 1000, 10000],
                     help="population sizes (GPU: up to 10000000)")
     ap.add_argument("--chunk-size", type=int, default=None,
-                    help="cartkin.simulate chunk_size (default: its own, 256 CPU / 65536 GPU)")
+                    help="cartkin.simulate chunk_size (default: its own, 256 CPU / 262144 GPU)")
     ap.add_argument("--workloads", nargs="+", default=["hardiansyah", "stein"])
     ap.add_argument("--variants", nargs="+", default=list(variants()), choices=list(variants()))
     ap.add_argument("--scipy-n", type=int, default=300)

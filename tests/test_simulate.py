@@ -124,6 +124,29 @@ def test_on_device_outputs_equal_host_outputs_across_chunks():
     np.testing.assert_allclose(lone.outputs["IL6"], host.outputs["IL6"][0], rtol=1e-12)
 
 
+def test_order_by_changes_chunks_not_results():
+    # patients ordered by burden into chunks of 8; every result row is its own patient's, in the
+    # input order, on the host and on the device
+    m = ck.Hardiansyah2019()
+    th, _, _ = Population(m, omega={"B0": 1.0, "rE": 0.09}).sample(21, seed=4)
+    regs = [ck.Regimen.single(1e8), ck.Regimen.single(1e9)]
+    t = np.array([0.0, 0.5, 3.0, 14.0, 28.0])
+    plain = ck.simulate(m, th, t, regs, chunk_size=8, outputs=["IL6"])
+    ordered = ck.simulate(m, th, t, regs, chunk_size=8, outputs=["IL6"], order_by="B0")
+    dev = ck.simulate(m, th, t, regs, chunk_size=8, outputs=["IL6"], order_by="B0",
+                      on_device=True)
+    assert not np.all(np.diff(th["B0"]) > 0)  # the input is not already in order
+    np.testing.assert_allclose(ordered.outputs["IL6"], plain.outputs["IL6"], rtol=1e-12)
+    np.testing.assert_array_equal(np.asarray(dev.outputs["IL6"]), ordered.outputs["IL6"])
+    np.testing.assert_array_equal(ordered.status, plain.status)
+    # the row of the patient with the largest burden is that patient's own solve
+    i = int(np.argmax(th["B0"]))
+    lone = ck.simulate(m, {k: v[i] for k, v in th.items()}, t, regs, outputs=["IL6"])
+    np.testing.assert_allclose(ordered.outputs["IL6"][:, i], lone.outputs["IL6"][:, 0], rtol=1e-12)
+    with pytest.raises(ValueError, match="order_by='WT' is not a parameter"):
+        ck.simulate(m, th, t, regs, order_by="WT")
+
+
 def test_dose_events_exact():
     m = OneCompartment()
     th = m.default_theta()

@@ -8,7 +8,8 @@ Sections (see ``fits/crs_hardiansyah.toml`` for a complete, commented example)::
                      values, natural scale), burden (parameter), weight = {median, cv}
     [exposure]       window, step, fine_step, fine_until (days), outputs = {il6, cart, tumour},
                      solver = {name (tsit5, ..., or batched), rtol, atol, interpolate},
-                     block (solves per simulation call), chunk_size (see cartkin.simulate)
+                     block (solves per call; default 8192 on a CPU, 2^20 on a GPU),
+                     chunk_size (see cartkin.simulate)
     [link]           metrics, prior = {metric = {mean, sd}}
     [calibration]    table, gradings, patients, point_patients, [[calibration.cohorts]]
     [doses]          grid, unit, regimen, fractionated, limit, response_reduction,
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .calibrate import AggregateCohort, Prior
-from .kinetics import KineticPopulation, SolveSettings
+from .kinetics import KineticPopulation, SolveSettings, default_block
 from .metrics import ExposureOutputs
 from .risk import DoseRiskSpec, LinkSpec
 from .rules import Tocilizumab
@@ -165,7 +166,7 @@ def scenario_from_dict(raw: Mapping, path, **overrides) -> CRSConfig:
         settings = SolveSettings(
             **grid,
             solver=solver,
-            block=int(exp.get("block", 8192)),
+            block=int(exp.get("block", default_block())),
             chunk_size=exp.get("chunk_size"),
             **tol,
         )
