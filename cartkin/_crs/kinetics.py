@@ -166,7 +166,7 @@ class SolveSettings:
     rtol: float = 1e-5
     atol: float = 1e-8
     max_steps: int = 16384
-    block: int = dataclasses.field(default_factory=lambda: default_block())
+    block: int = dataclasses.field(default_factory=default_block)
     chunk_size: int | None = None
     devices: Sequence | None = None
 
