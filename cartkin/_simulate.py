@@ -14,6 +14,7 @@ slices (``jax.make_array_from_callback``) and gets the full result back
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import zlib
 from collections.abc import Mapping, Sequence
@@ -194,6 +195,19 @@ def _build_sharded_solver(model, solver, max_steps, devices, interpolate=False):
     fn = shard_map(body, mesh, in_specs=(spec, spec, spec, spec, rep, rep, rep),
                    out_specs=(spec, spec))
     return jit(fn, cpu_options=False), jax.sharding.NamedSharding(mesh, spec)
+
+
+@functools.partial(jax.jit, static_argnames="size")
+def _device_rows(theta, ev_time, ev_dose, ev_eff, ev_kg, weights, perm, lo, n, m, *, size):
+    """Rows ``lo .. lo + size - 1`` of :func:`simulate`'s D x n solves gathered on the device
+    from the population and the per-regimen event tables: the same values as the host gather,
+    without copying each chunk's inputs from the host."""
+    r = lo + jnp.arange(size)
+    r = jnp.where(r < m, r, 0)
+    d, i = r // n, perm[r % n]
+    dose = ev_dose[d]
+    dose = jnp.where(ev_kg[d], dose * weights[i][:, None], dose)
+    return {k: v[i] for k, v in theta.items()}, (ev_time[d], dose, ev_eff[d])
 
 
 def _global_array(x: np.ndarray, sharding) -> jax.Array:
@@ -401,10 +415,21 @@ def simulate(
         stats.append(status)
         advance(count)
 
+    if ndev == 1:
+        # the population and the event tables go to the device once; chunks are gathered there
+        resident = jax.device_put((
+            {k: np.ascontiguousarray(v) for k, v in theta.items()}, ev_time, ev_dose, ev_eff,
+            ev_kg, np.ones(n) if weights is None else np.ascontiguousarray(weights),
+            np.arange(n) if perm is None else perm,
+        ))
+
     with progress_bar(total=m, description=f"simulating {model.name}", enabled=show) as advance:
         pending = None
         for c in range(n_chunks):
-            th, evc = rows(c * size, (c + 1) * size)
+            if ndev == 1:
+                th, evc = _device_rows(*resident, c * size, n, m, size=size)
+            else:
+                th, evc = rows(c * size, (c + 1) * size)
             if multiproc:
                 th = {k: _global_array(v, sharding) for k, v in th.items()}
                 evc = tuple(_global_array(x, sharding) for x in evc)
