@@ -417,11 +417,12 @@ def simulate(
 
     if ndev == 1:
         # the population and the event tables go to the device once; chunks are gathered there
+        # (and solved there: the other inputs are not committed to a device, so they follow)
         resident = jax.device_put((
             {k: np.ascontiguousarray(v) for k, v in theta.items()}, ev_time, ev_dose, ev_eff,
             ev_kg, np.ones(n) if weights is None else np.ascontiguousarray(weights),
             np.arange(n) if perm is None else perm,
-        ))
+        ), devices[0])
 
     with progress_bar(total=m, description=f"simulating {model.name}", enabled=show) as advance:
         pending = None

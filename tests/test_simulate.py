@@ -243,6 +243,10 @@ def test_sharded_equals_unsharded():
         a = ck.simulate(m, th, t, chunk_size=8).outputs["C"]
         b = ck.simulate(m, th, t, devices=jax.devices()[:1]).outputs["C"]
         np.testing.assert_allclose(a, b, rtol=1e-12)
+        # one device that is not the default one: the solve runs there
+        c = ck.simulate(m, th, t, devices=jax.devices()[2:3], on_device=True).outputs["C"]
+        assert c.devices() == {jax.devices()[2]}, c.devices()
+        np.testing.assert_allclose(np.asarray(c), b, rtol=1e-12)
         print("SHARDED-OK")
         """
     )
