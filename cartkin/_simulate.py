@@ -197,17 +197,21 @@ def _build_sharded_solver(model, solver, max_steps, devices, interpolate=False):
     return jit(fn, cpu_options=False), jax.sharding.NamedSharding(mesh, spec)
 
 
-@functools.partial(jax.jit, static_argnames="size")
-def _device_rows(theta, ev_time, ev_dose, ev_eff, ev_kg, weights, perm, lo, n, m, *, size):
-    """Rows ``lo .. lo + size - 1`` of :func:`simulate`'s D x n solves gathered on the device
-    from the population and the per-regimen event tables: the same values as the host gather,
-    without copying each chunk's inputs from the host."""
-    r = lo + jnp.arange(size)
-    r = jnp.where(r < m, r, 0)
+def _chunk_rows(xp, theta, ev_time, ev_dose, ev_eff, ev_kg, weights, perm, lo, n, m, size):
+    """Rows ``lo .. lo + size - 1`` of :func:`simulate`'s D x n solves (row r: regimen r // n,
+    patient ``perm[r % n]``; rows past m, the padding, repeat row 0), gathered with ``xp``
+    (numpy on the host, jax.numpy on a device) from the population and the per-regimen event
+    tables: ``(theta, (event times, doses in cells, log-effects))``."""
+    r = lo + xp.arange(size)
+    r = xp.where(r < m, r, 0)
     d, i = r // n, perm[r % n]
     dose = ev_dose[d]
-    dose = jnp.where(ev_kg[d], dose * weights[i][:, None], dose)
+    dose = xp.where(ev_kg[d], dose * weights[i][:, None], dose)
     return {k: v[i] for k, v in theta.items()}, (ev_time[d], dose, ev_eff[d])
+
+
+# the same gather on the device: a chunk's inputs are not copied from the host
+_device_rows = jax.jit(functools.partial(_chunk_rows, jnp), static_argnames="size")
 
 
 def _global_array(x: np.ndarray, sharding) -> jax.Array:
@@ -355,27 +359,21 @@ def simulate(
         raise ValueError("a dose is in cells/kg: pass weight= (kg, scalar or one per patient)")
     if per_kg:
         bad = ~(np.isfinite(weights) & (weights > 0))
-        check_weight(weights[np.argmax(bad)] if bad.any() else 1.0)
-    # one event table per regimen; a chunk's rows are gathered from these and theta (row r of
-    # the D x n solves: regimen r // n, patient r % n), so host memory grows with the chunk only
+        if bad.any():
+            check_weight(weights[np.argmax(bad)])
+    # one event table per regimen; a chunk's rows are gathered from these and theta (see
+    # _chunk_rows), so memory grows with the chunk only
     tables = [regimen_events(r, names, n_events=n_ev) for r in regimens]
     ev_time, ev_dose, ev_eff = (np.stack([getattr(t, a) for t, _ in tables])
                                 for a in ("time", "dose", "log_effect"))
     ev_kg = np.stack([kg for _, kg in tables])
     D = len(regimens)
     m = D * n
-
-    def rows(lo, hi):
-        """theta and events of rows lo .. hi-1; rows past m (padding) repeat row 0."""
-        r = np.arange(lo, hi)
-        r = np.where(r < m, r, 0)
-        d, i = r // n, r % n
-        if perm is not None:
-            i = perm[i]
-        dose = ev_dose[d]
-        if per_kg:
-            dose = np.where(ev_kg[d], dose * weights[i][:, None], dose)
-        return {k: v[i] for k, v in theta.items()}, (ev_time[d], dose, ev_eff[d])
+    gather_in = (
+        {k: np.ascontiguousarray(v) for k, v in theta.items()}, ev_time, ev_dose, ev_eff, ev_kg,
+        np.ones(n) if weights is None else np.ascontiguousarray(weights),
+        np.arange(n) if perm is None else perm,
+    )
 
     if resolve_method(model, solver, method) == "batched":
         solver = "batched"
@@ -418,11 +416,7 @@ def simulate(
     if ndev == 1:
         # the population and the event tables go to the device once; chunks are gathered there
         # (and solved there: the other inputs are not committed to a device, so they follow)
-        resident = jax.device_put((
-            {k: np.ascontiguousarray(v) for k, v in theta.items()}, ev_time, ev_dose, ev_eff,
-            ev_kg, np.ones(n) if weights is None else np.ascontiguousarray(weights),
-            np.arange(n) if perm is None else perm,
-        ), devices[0])
+        resident = jax.device_put(gather_in, devices[0])
 
     with progress_bar(total=m, description=f"simulating {model.name}", enabled=show) as advance:
         pending = None
@@ -430,7 +424,7 @@ def simulate(
             if ndev == 1:
                 th, evc = _device_rows(*resident, c * size, n, m, size=size)
             else:
-                th, evc = rows(c * size, (c + 1) * size)
+                th, evc = _chunk_rows(np, *gather_in, c * size, n, m, size)
             if multiproc:
                 th = {k: _global_array(v, sharding) for k, v in th.items()}
                 evc = tuple(_global_array(x, sharding) for x in evc)
