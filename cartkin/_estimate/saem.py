@@ -29,6 +29,7 @@ from .._likelihood import (
     eta_logprior,
     map_subjects,
     record_loglik,
+    residual_loglik_sigma_derivatives,
     sigma_layout,
     sigma_per_endpoint,
 )
@@ -163,15 +164,19 @@ def make_saem(stat, predict_draws, data, X, options: SAEMOptions, codes):
                              devices)
 
     def sigma_step(f, ok, log_sigma):
-        def obj(ls):
-            sa, sp = sigma_per_endpoint(stat.endpoints, jnp.exp(ls))
-            ll = resid_ll(f, ok, sa, sp, data)
-            return jnp.sum(jnp.where(jnp.isfinite(ll), ll, 0.0))
-
-        g_fn, h_fn = jax.grad(obj), jax.hessian(obj)
+        def derivatives(ls):
+            """Gradient and Hessian in log sigma of the residual log-likelihood summed over the
+            subjects whose predictions are usable (closed-form per record, as Louis's formula
+            takes them: no autodiff)."""
+            ll, g, h = jax.vmap(
+                lambda di, fi: residual_loglik_sigma_derivatives(stat.endpoints, di, fi, ls)
+            )(data, f)
+            use = ok & jnp.isfinite(ll) & jnp.all(jnp.isfinite(g), -1)
+            return (jnp.where(use[:, None], g, 0.0).sum(0),
+                    jnp.where(use[:, None, None], h, 0.0).sum(0))
 
         def newton(_, ls):
-            g, h = g_fn(ls), h_fn(ls)
+            g, h = derivatives(ls)
             w, v = jnp.linalg.eigh(-h)
             step = v @ ((v.T @ g) / jnp.maximum(w, 1e-3 * jnp.abs(g).max() + 1e-8))
             return ls + jnp.clip(step, -1.0, 1.0)
