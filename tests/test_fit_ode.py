@@ -1,6 +1,15 @@
 """The ODE form of a model is fitted through the same path as its closed form, and gives the same
 fit: the Stein 2019 ODE (exact switch at Tmax, batched Rosenbrock solver in SAEM and importance
-sampling) against the closed form on one simulated cohort with BLQ (M3)."""
+sampling) against the closed form on one simulated cohort with BLQ (M3).
+
+Both fits draw the same random numbers, so with predictions equal to the solver's tolerance they
+take the same path, and any difference is the ODE machinery's. The solves are tight here (relative
+tolerance 1e-8, SAEM's too) because at SAEM's default 1e-4 a Metropolis-Hastings decision can go
+the other way, and from there the two fits of this small (60-subject, short-schedule) cohort differ
+by their Monte Carlo error, which is larger than the bar: with SAEM seed 7 and importance seed 8
+the typical values differed by up to 5.9% and the IIV SDs by 18% (benchmarks/README.md, eleventh
+session). The agreement at the default tolerances is measured on the 200-subject cohort by
+benchmarks/fit_ode.py."""
 
 import numpy as np
 import pytest
@@ -10,7 +19,7 @@ from cartkin._estimate.config import fitdata_from_dataset
 from cartkin._estimate.fit import fit
 from cartkin._estimate.importance import ISOptions
 from cartkin._estimate.saem import SAEMOptions
-from cartkin._likelihood import Endpoint, StatModel
+from cartkin._likelihood import Endpoint, SolverSettings, StatModel
 from cartkin._models import Stein2019, Stein2019ODE
 
 IIV = ("foldx", "Tmax", "Cmax", "alpha", "FB", "beta")
@@ -25,9 +34,10 @@ def both():
         stat = StatModel(model, (Endpoint("C", 1, "log_additive"),), iiv=IIV, fixed=fixed)
         data = fitdata_from_dataset(ds, stat)
         out[name] = fit(stat, data, init=INIT, omega_init=0.5, sigma_init=0.8,
-                        saem=SAEMOptions(k1=100, k2=60, anneal=60, block=40, seed=5),
+                        saem=SAEMOptions(k1=100, k2=60, anneal=60, block=40, seed=5, rtol=0.0),
                         importance=ISOptions(seed=6, target_se=1.0, max_draws=4000),
-                        polish=1, progress=False)
+                        settings=SolverSettings(rtol=1e-8, atol=1e-10), polish=1,
+                        progress=False)
     return out
 
 
@@ -49,11 +59,11 @@ def test_ode_fit_agrees_with_closed_form(both):
 
 
 def test_ode_fit_reports_solver_and_switch(both):
-    """Individual predictions of the ODE fit (sdtab IPRED) equal the closed form's to 1e-5."""
+    """Individual predictions of the ODE fit (sdtab IPRED) equal the closed form's to 1e-6."""
     c, o = both["closed"], both["ode"]
     ipc, ipo = c.sdtab["IPRED"].to_numpy(), o.sdtab["IPRED"].to_numpy()
     big = ipc > 1.0  # copies/ug: far above the solver's absolute tolerance
-    np.testing.assert_allclose(ipo[big], ipc[big], rtol=1e-4)
+    np.testing.assert_allclose(ipo[big], ipc[big], rtol=1e-6)
 
 
 def test_batched_predictions_at_repeated_times_equal_diffrax():

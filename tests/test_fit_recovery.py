@@ -131,19 +131,20 @@ def test_cli_user_error_no_traceback_no_output(tmp_path):
 
 
 def test_weakly_identified_variance_near_zero_still_gets_standard_errors():
-    """A cohort of the recovery study (docs/recovery.md, replicate 18) whose SAEM left
-    omega2(foldx) near zero, where the log-likelihood is not concave: the information at SAEM's
-    estimate is indefinite (no SEs, no decrement). Saddle-free polishing steps must take the fit
-    to where the information is positive definite, and every parameter must get a finite SE and
-    a CI, with the fit converged by its decrement."""
+    """A cohort simulated as the recovery study's replicate 23 (benchmarks/recovery_study.py)
+    whose SAEM ends where the log-likelihood is not concave: the information at SAEM's estimate
+    is indefinite (no SEs, no decrement; the first assertion checks that this cohort and these
+    seeds still give that case). Saddle-free polishing steps must take the fit to where the
+    information is positive definite, and every parameter must get a finite SE and a CI, with
+    the fit converged by its decrement."""
     from cartkin._estimate.saem import SAEMOptions
 
-    cohort = cdata.simulate_cohort(150, seed=10_018, omega=OMEGA)
+    cohort = cdata.simulate_cohort(150, seed=10_023, omega=OMEGA)
     stat = StatModel(Stein2019(), (Endpoint("C"),), iiv=tuple(TRUTH))
     data = fitdata_from_dataset(cohort.dataset, stat)
     init = {k: v * f for (k, v), f in zip(TRUTH.items(), (0.5, 0.85, 0.6, 1.3, 1.3, 1.5))}
-    res = fit(stat, data, init=init, omega_init=0.5, sigma_init=0.8, saem=SAEMOptions(seed=18),
-              importance=ISOptions(seed=19, target_se=1.0, max_draws=4000), progress=False)
+    res = fit(stat, data, init=init, omega_init=0.5, sigma_init=0.8, saem=SAEMOptions(seed=23),
+              importance=ISOptions(seed=24, target_se=1.0, max_draws=4000), progress=False)
     history = res.convergence["polishing"]
     assert not np.isfinite(history[0]["decrement"])  # indefinite at SAEM's estimate
     assert any("saddle-free" in h.get("information", "") and h["accepted"] for h in history)

@@ -50,7 +50,8 @@ from .._likelihood import (
 from .._progress import progress_bar
 from .modes import make_mode_search, mixture_from_modes
 
-NU = 4.0
+NU = 4.0  # degrees of freedom of the t components (even: see N_EXP)
+N_EXP = int(NU) // 2  # a chi-square with NU degrees of freedom is a sum of NU / 2 exponentials
 W_PRIOR = 0.05
 INFLATE = 1.2
 # the first pass's draws, predictions and proposal densities are kept (for weighing again at a
@@ -175,18 +176,22 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
 
     def draws(key, mix_i, mu_i, L_pop, M):
         """M proposal draws for one subject (its own key: the same draws whatever the devices)."""
-        k0, k1, k2, k3 = jax.random.split(key, 4)
+        k0, k1 = jax.random.split(key)
         mix_m, mix_L, mix_logw = mix_i
-        # the mixture component of each draw, then t draws: normal / sqrt(chi2_nu / nu), the
-        # chi-square as a sum of nu squared normals (nu = 4: 5x cheaper than a gamma draw)
-        comp = jax.random.categorical(k0, mix_logw, shape=(M,))
+        # per draw: its mixture component (the inverse of the mixture's CDF at a uniform), the
+        # t draw normal / sqrt(chi2_nu / nu) with the chi-square as -2 log of a product of nu / 2
+        # uniforms (a sum of exponentials: one log instead of nu normals), and the defensive
+        # component's pick. Two generator calls per subject: on the CPU each call is a loop of
+        # its own and each normal an erfinv
+        u = jax.random.uniform(k0, (M, 2 + N_EXP))
         z = jax.random.normal(k1, (M, d))
-        g = jnp.sum(jax.random.normal(k2, (M, int(NU))) ** 2, -1) / NU
+        cdf = jnp.cumsum(jax.nn.softmax(mix_logw))
+        comp = jnp.sum(u[:, :1] >= cdf[None, :-1], axis=1)
+        g = -2.0 * jnp.log(jnp.prod(1.0 - u[:, 2:], axis=1)) / NU
         from_t = mix_m[comp] + jnp.einsum("mij,mj->mi", mix_L[comp], z) / jnp.sqrt(g)[:, None]
         # a draw from the defensive component uses the same normals
         from_p = mu_i + z @ L_pop.T
-        pick_prior = jax.random.uniform(k3, (M,)) < W_PRIOR
-        return jnp.where(pick_prior[:, None], from_p, from_t)
+        return jnp.where((u[:, 1] < W_PRIOR)[:, None], from_p, from_t)
 
     def make_draw(M):
         def local(idx, mix_m, mix_L, mix_logw, data, X, key, psi, L_pop):
@@ -528,7 +533,7 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
                         lw = np.full(K_MIX, -np.inf)
                         lw[:k] = mix[2][i, :k] + np.log(0.7) - np.logaddexp.reduce(mix[2][i, :k])
                         lw[k] = np.log(0.3)
-                        lw[k + 1:] = -40.0  # unused slots (finite: a categorical draw never picks them)
+                        lw[k + 1:] = -40.0  # unused slots (finite; a weight of e^-40 is never drawn)
                         mix[2][i] = lw
                         n_comp[i] += 1
                         restart(i)
