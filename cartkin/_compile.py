@@ -16,10 +16,14 @@ solve-bound, and the option was not measured on them).
 from __future__ import annotations
 
 import functools
+import logging
+import threading
 
 import jax
 
 from . import _traced
+
+log = logging.getLogger(__name__)
 
 CPU_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
@@ -69,3 +73,49 @@ def sequential_threefry(fun):
             return fun(*args, **kwargs)
 
     return traced
+
+
+class Ahead:
+    """A program of :func:`jit` that :func:`compile_ahead` may compile in the background before
+    its first call. A call waits for that compilation, then runs the compiled program where the
+    arguments have its types and layout, else the program as :func:`jit` runs it."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.compiled = None
+        self._ready = threading.Event()
+        self._ready.set()
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args):
+        self._ready.wait()
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args)
+            except (TypeError, ValueError):  # other argument types or layouts (checked first)
+                pass
+        return self.fn(*args)
+
+
+def compile_ahead(jobs) -> threading.Thread:
+    """Compile ``jobs``, ``[(Ahead, make_args), ...]``, one after the other in a background
+    thread; ``make_args()`` gives example arguments (arrays or ``jax.ShapeDtypeStruct``, their
+    values unused) and may read the ``compiled`` of an earlier job (its ``out_info``: the
+    outputs' types and layout). XLA compiles without the interpreter lock, so a fit's
+    importance-sampling programs compile on the second core while its SAEM runs. A job that
+    fails leaves its program to be compiled at its first call."""
+    for ahead, _ in jobs:
+        ahead._ready.clear()
+
+    def work():
+        for ahead, make_args in jobs:
+            try:
+                ahead.compiled = ahead.fn.lower(*make_args()).compile()
+            except Exception as e:  # noqa: BLE001 - compiled at its first call instead
+                log.debug("%s not compiled ahead (%s)", getattr(ahead, "__qualname__", ahead), e)
+            finally:
+                ahead._ready.set()
+
+    thread = threading.Thread(target=work, name="cartkin-compile-ahead", daemon=True)
+    thread.start()
+    return thread

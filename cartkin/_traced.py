@@ -153,6 +153,10 @@ def _walk_one(obj, h, memo: dict) -> None:
         _walk((t.__qualname__, obj.name), h, memo)
     elif isinstance(obj, jax.sharding.Mesh):
         _walk((obj.axis_names, [d.id for d in obj.devices.flat]), h, memo)
+    elif isinstance(obj, jax.sharding.NamedSharding):
+        # the layout, not the attributes it caches as it is used (those differ between a
+        # program's outputs and the same layout read from its compiled form)
+        _walk((obj.mesh, obj.spec, obj.memory_kind), h, memo)
     elif t.__module__.startswith("jaxlib") and hasattr(obj, "platform") and hasattr(obj, "id"):
         h.update(f"device:{obj.platform}:{obj.id}".encode())  # a Device
     elif _known(t.__module__) and (hasattr(obj, "__dict__") or hasattr(t, "__slots__")):
@@ -222,7 +226,13 @@ def _signature(leaves, tree) -> tuple[tuple, tuple]:
     attribute reads per argument."""
     sig, placed = [], []
     for x in leaves:
-        if isinstance(x, jax.Array):
+        if isinstance(x, jax.ShapeDtypeStruct) and x.sharding is not None:
+            # an example argument laid out as an array will be (:mod:`cartkin._compile`'s
+            # programs compiled ahead): the same key as that array's, never committed
+            one = len(x.sharding.device_set) == 1
+            sig.append((x.shape, x.dtype, x.weak_type, None if one else x.sharding))
+            placed.append(None)
+        elif isinstance(x, jax.Array):
             aval, devices = x.aval, x.sharding.device_set
             one = len(devices) == 1
             # a layout over several devices is part of the program
@@ -254,9 +264,17 @@ class Cached:
         return self.fun, self.compiler_options
 
     def __call__(self, *args):
+        return self._call_for(args)(*args)
+
+    def lower(self, *args):
+        """The program that a call with ``args`` (arrays, or ``jax.ShapeDtypeStruct`` examples)
+        runs, lowered (``jax.jit``'s ``lower``)."""
+        return self._call_for(args).lower(*args)
+
+    def _call_for(self, args):
         leaves, tree = jax.tree.flatten(args)
         if any(isinstance(x, jax.core.Tracer) for x in leaves):
-            return self.jitted(*args)
+            return self.jitted
         sig, placed = _signature(leaves, tree)
         call = self._calls.get((sig, placed))
         if call is None:
@@ -266,7 +284,7 @@ class Cached:
             call = self.jitted if exported is None else _caller(
                 exported, args, placed, self.compiler_options)
             self._calls[(sig, placed)] = call
-        return call(*args)
+        return call
 
     def _program(self, sig):
         """The kept program of ``sig``, exported now if there is none; None where it cannot
@@ -334,8 +352,9 @@ def _caller(exported, args, placed, compiler_options=None):
     whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
     def layout(x):
-        if isinstance(x, jax.Array) and sorted(d.id for d in x.sharding.device_set) == ids:
-            return x.sharding
+        sharding = getattr(x, "sharding", None)  # (an array, or an example with a layout)
+        if sharding is not None and sorted(d.id for d in sharding.device_set) == ids:
+            return sharding
         return whole
 
     return jax.jit(exported.call, in_shardings=jax.tree.map(layout, args),

@@ -240,6 +240,7 @@ def test_failed_independent_check_gets_one_more_step_to_the_exact_maximum(monkey
             res = sample(*a, m2ll=m2ll, **kw)
             return {**res, "_m2ll_pass": m2ll}
 
+        marked.compile_ahead = sample.compile_ahead
         return marked
 
     newton = fit_module._newton

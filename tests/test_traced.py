@@ -65,6 +65,20 @@ def test_digest_keeps_shared_and_cyclic_parts_apart():
     assert len({digest(f) for f in fs}) == 50
 
 
+def test_digest_of_a_layout_is_its_mesh_spec_and_memory_kind():
+    """A NamedSharding caches attributes as it is used (is_fully_replicated): the key of an
+    argument's layout must not follow them, or an array and the example read from its program's
+    compiled form (the same layout) give different keys."""
+    import jax
+
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("d",))
+    layout = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d"))
+    before = digest(layout)
+    assert layout.is_fully_replicated is not None and layout.shard_shape((4,)) == (4,)
+    assert digest(layout) == before
+    assert digest(jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())) != before
+
+
 def test_unknown_objects_are_unkeyable(monkeypatch):
     import cartkin._traced as tr
 

@@ -115,6 +115,8 @@ def fit(
         predict_saem = make_draws_predictor(stat, saem_settings(settings, saem))
     init_fn, run_block, _ = make_saem(stat, predict_saem, arrays, X, codes=codes, options=saem)
     sample = make_importance_sampler(stat, predict_draws, arrays, X, codes, importance)
+    # importance sampling's programs compile on the second core while SAEM runs
+    sample.compile_ahead()
     n_iter = saem.k1 + saem.k2
     runs = []
     t_is = 0.0

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._compile import jit
+from .._compile import Ahead, compile_ahead, jit
 from .._devices import over_subjects, pad_subjects, subject_devices
 from .._likelihood import (
     eta_logprior,
@@ -287,6 +287,53 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
 
     search = (make_mode_search(predict_draws, d, codes, options.mode_iterations, devices)
               if options.mode_iterations > 0 else None)
+
+    # the first pass's programs, compiled in the background while SAEM runs
+    # (``sample.compile_ahead``), each for the arguments of its first call
+    prior_terms = Ahead(prior_terms)
+    draw = Ahead(draw)
+    weigh = {k: Ahead(w) for k, w in weigh.items()}
+    weigh_louis = weigh[True]
+    if search is not None:
+        search = Ahead(search)
+
+    def ahead_jobs():
+        _, pidx, streams, data_c, X_c = everyone
+        n_pad = len(pidx)
+        psi = np.zeros(layout.size)
+
+        def like(info):  # an example array of an output's type
+            return np.zeros(info.shape, info.dtype)
+
+        def prior_outputs():
+            L_info, prior_info = prior_terms.compiled.out_info
+            return like(L_info), tuple(np.zeros((n_pad,) + i.shape[1:], i.dtype)
+                                       for i in prior_info)
+
+        def search_args():
+            L_pop = prior_outputs()[0]
+            sa, sp = sigma_per_endpoint(stat.endpoints, np.ones(n_s))
+            return (np.zeros((n_pad, d)), np.zeros(host[1].shape[1:]), L_pop, L_pop, sa, sp,
+                    data_c, X_c)
+
+        def draw_args():
+            mix = (np.zeros((n_pad, K_MIX, d)), np.zeros((n_pad, K_MIX, d, d)),
+                   np.zeros((n_pad, K_MIX)))
+            return (jax.random.PRNGKey(0), psi, prior_outputs()[0], streams, mix, data_c, X_c)
+
+        def weigh_args():
+            L_pop, prior = prior_outputs()
+            # the draws as the first pass passes them on: the draw program's outputs, their
+            # layout included (strong types: a kept draw program's may differ in weak types)
+            drawn = jax.tree.map(lambda i: jax.ShapeDtypeStruct(i.shape, i.dtype,
+                                                                sharding=i.sharding),
+                                 draw.compiled.out_info)
+            return psi, L_pop, prior, drawn, data_c, X_c
+
+        jobs = [(prior_terms, lambda: (psi,))]
+        if search is not None:
+            jobs.append((search, search_args))
+        return jobs + [(draw, draw_args), (weigh[True], weigh_args), (weigh[False], weigh_args)]
 
     def find_modes(beta, omega, log_sigma, at, m_q, L_q):
         """Proposal components at each subject's conditional modes (:mod:`.modes`); ``at``:
@@ -595,6 +642,7 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
             "drawn": kept,
         }
 
+    sample.compile_ahead = lambda: compile_ahead(ahead_jobs())
     return sample
 
 
