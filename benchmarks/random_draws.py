@@ -7,9 +7,9 @@ draws, 6 random effects, a 3-component t mixture plus the defensive population c
 * ``four calls``: the sampler before the eleventh session: a categorical draw of the component
   (Gumbel), d normals, a chi-square as the sum of 4 squared normals, a uniform for the defensive
   pick (four generator calls per subject);
-* ``two calls``: the sampler now: one call for 4 uniforms (the component by inverting the
-  mixture's CDF, the defensive pick, the chi-square as -2 log of a product of two uniforms) and
-  one for the d normals;
+* ``two calls``: the sampler now (``cartkin._estimate.importance.proposal_draws``): one call
+  for 4 uniforms (the component by inverting the mixture's CDF, the defensive pick, the
+  chi-square as -2 log of a product of two uniforms) and one for the d normals;
 
 each traced with JAX's partitionable threefry scheme (JAX's default since 0.5) and with its
 original one (``cartkin._compile.sequential_threefry``), compiled with cartkin's CPU options.
@@ -46,16 +46,9 @@ def four_calls(key, mix_i, mu_i, L_pop):
 
 
 def two_calls(key, mix_i, mu_i, L_pop):
-    k0, k1 = jax.random.split(key)
-    mix_m, mix_L, mix_logw = mix_i
-    u = jax.random.uniform(k0, (M, 2 + int(NU) // 2))
-    z = jax.random.normal(k1, (M, D))
-    cdf = jnp.cumsum(jax.nn.softmax(mix_logw))
-    comp = jnp.sum(u[:, :1] >= cdf[None, :-1], axis=1)
-    g = -2.0 * jnp.log(jnp.prod(1.0 - u[:, 2:], axis=1)) / NU
-    from_t = mix_m[comp] + jnp.einsum("mij,mj->mi", mix_L[comp], z) / jnp.sqrt(g)[:, None]
-    from_p = mu_i + z @ L_pop.T
-    return jnp.where((u[:, 1] < W_PRIOR)[:, None], from_p, from_t)
+    from cartkin._estimate.importance import proposal_draws
+
+    return proposal_draws(key, mix_i, mu_i, L_pop, M)
 
 
 def main():

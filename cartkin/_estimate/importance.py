@@ -123,6 +123,29 @@ class PsiLayout:
         return b, o, psi[self.n_beta + self.n_omega :]
 
 
+def proposal_draws(key, mix_i, mu_i, L_pop, M: int):
+    """M draws (M, d) from one subject's proposal: its t mixture ``mix_i`` = (means (K, d),
+    Cholesky factors (K, d, d), log weights (K,)) with weight 1 - W_PRIOR, the population
+    distribution N(mu_i, L_pop L_pop') with W_PRIOR. ``key``: the subject's own (the same draws
+    whatever the devices).
+
+    Per draw: its component by the inverse of the mixture's CDF at a uniform, the t draw
+    normal / sqrt(chi2_nu / nu) with the chi-square as -2 log of a product of nu / 2 uniforms (a
+    sum of exponentials: one log instead of nu normals), and the defensive component's pick; a
+    draw from the defensive component uses the same normals. Two generator calls: on the CPU each
+    call is a loop of its own and each normal an erfinv (``benchmarks/random_draws.py``)."""
+    k0, k1 = jax.random.split(key)
+    mix_m, mix_L, mix_logw = mix_i
+    u = jax.random.uniform(k0, (M, 2 + N_EXP))
+    z = jax.random.normal(k1, (M, mu_i.shape[-1]))
+    cdf = jnp.cumsum(jax.nn.softmax(mix_logw))
+    comp = jnp.sum(u[:, :1] >= cdf[None, :-1], axis=1)
+    g = -2.0 * jnp.log(jnp.prod(1.0 - u[:, 2:], axis=1)) / NU
+    from_t = mix_m[comp] + jnp.einsum("mij,mj->mi", mix_L[comp], z) / jnp.sqrt(g)[:, None]
+    from_p = mu_i + z @ L_pop.T
+    return jnp.where((u[:, 1] < W_PRIOR)[:, None], from_p, from_t)
+
+
 def _mvt_logpdf(x, m, chol, nu):
     d = x.shape[-1]
     z = forward_substitution(chol, x - m)
@@ -174,31 +197,12 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
 
     hess_prior = jax.hessian(prior_moments)
 
-    def draws(key, mix_i, mu_i, L_pop, M):
-        """M proposal draws for one subject (its own key: the same draws whatever the devices)."""
-        k0, k1 = jax.random.split(key)
-        mix_m, mix_L, mix_logw = mix_i
-        # per draw: its mixture component (the inverse of the mixture's CDF at a uniform), the
-        # t draw normal / sqrt(chi2_nu / nu) with the chi-square as -2 log of a product of nu / 2
-        # uniforms (a sum of exponentials: one log instead of nu normals), and the defensive
-        # component's pick. Two generator calls per subject: on the CPU each call is a loop of
-        # its own and each normal an erfinv
-        u = jax.random.uniform(k0, (M, 2 + N_EXP))
-        z = jax.random.normal(k1, (M, d))
-        cdf = jnp.cumsum(jax.nn.softmax(mix_logw))
-        comp = jnp.sum(u[:, :1] >= cdf[None, :-1], axis=1)
-        g = -2.0 * jnp.log(jnp.prod(1.0 - u[:, 2:], axis=1)) / NU
-        from_t = mix_m[comp] + jnp.einsum("mij,mj->mi", mix_L[comp], z) / jnp.sqrt(g)[:, None]
-        # a draw from the defensive component uses the same normals
-        from_p = mu_i + z @ L_pop.T
-        return jnp.where((u[:, 1] < W_PRIOR)[:, None], from_p, from_t)
-
     def make_draw(M):
         def local(idx, mix_m, mix_L, mix_logw, data, X, key, psi, L_pop):
             b, _, _ = layout.unpack(psi)
             mu = jnp.einsum("njp,jp->nj", X, b)
             keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
-            phi = jax.vmap(lambda k, m, L, w, mu_i: draws(k, (m, L, w), mu_i, L_pop, M))(
+            phi = jax.vmap(lambda k, m, L, w, mu_i: proposal_draws(k, (m, L, w), mu_i, L_pop, M))(
                 keys, mix_m, mix_L, mix_logw, mu)
             f, code = map_subjects(predict_draws, phi, data)
             lq = jax.vmap(lambda phi_i, m, L, w, mu_i: jnp.logaddexp(
@@ -580,7 +584,7 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
                         lw = np.full(K_MIX, -np.inf)
                         lw[:k] = mix[2][i, :k] + np.log(0.7) - np.logaddexp.reduce(mix[2][i, :k])
                         lw[k] = np.log(0.3)
-                        lw[k + 1:] = -40.0  # unused slots (finite; a weight of e^-40 is never drawn)
+                        lw[k + 1:] = -40.0  # unused slots (finite; weight e^-40: never drawn)
                         mix[2][i] = lw
                         n_comp[i] += 1
                         restart(i)
