@@ -11,6 +11,10 @@ Where JAX's persistent compilation cache is on (the ``cartkin`` command), the tr
 kept too (:mod:`cartkin._traced`), so a later run skips tracing and lowering as well; population
 simulation and CRS risk use that with XLA's defaults (``cpu_options=False``: their large runs are
 solve-bound, and the option was not measured on them).
+
+The estimation programs also trace their random numbers with JAX's original threefry scheme
+(:func:`sequential_threefry`), and a fit compiles its importance-sampling programs in a background
+thread while SAEM runs (:class:`Ahead`, :func:`compile_ahead`).
 """
 
 from __future__ import annotations
