@@ -328,11 +328,8 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         def weigh_args():
             L_pop, prior = prior_outputs()
             # the draws as the first pass passes them on: the draw program's outputs, their
-            # layout included (strong types: a kept draw program's may differ in weak types)
-            drawn = jax.tree.map(lambda i: jax.ShapeDtypeStruct(i.shape, i.dtype,
-                                                                sharding=i.sharding),
-                                 draw.compiled.out_info)
-            return psi, L_pop, prior, drawn, data_c, X_c
+            # layout included
+            return psi, L_pop, prior, draw.compiled.out_info, data_c, X_c
 
         jobs = [(prior_terms, lambda: (psi,))]
         if search is not None:
