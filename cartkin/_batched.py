@@ -30,6 +30,7 @@ are :class:`cartkin._solve.Status`.
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -421,6 +422,82 @@ def make_step(
 # the solver
 
 
+class Segments(NamedTuple):
+    """What a batched solve needs per patient, patients innermost (see :func:`segments`)."""
+
+    th_seg: dict  # name -> (n_seg, N): theta of each segment between events
+    seg_end: jax.Array  # (n_seg, N): end of segment k (the last one ends at the last saved time)
+    dose_vec: jax.Array  # (max(K, 1), n, N): the state's jump at the end of segment k
+    y0: jax.Array  # (n, N): initial state
+    t0: jax.Array  # (N,): start, min(0, first saved time)
+    h0: jax.Array  # (N,): first step size
+    n_seg: int
+    K: int  # events (doses, interventions, switch times; those after the last time inert)
+
+
+def segments(model: ODEModel, theta, times, ev_time, ev_dose, ev_log_effect, rtol, atol) -> Segments:
+    """The segments between each patient's events (their ends, theta and doses) and the first
+    step size; arguments as in :func:`solve_batch` (theta and times already arrays)."""
+    names = list(model.parameters)
+    N = theta[names[0]].shape[0]
+    n = len(model.states)
+    dtype = times.dtype
+    # --- per-patient segments: boundaries, the dose and theta of each (patients innermost) ---
+    t_start = jnp.minimum(0.0, times[..., 0])  # () or (N,)
+    t_end = times[..., -1]
+    sw = jax.vmap(model.switch_times)(theta)  # (N, n_sw)
+    n_sw = sw.shape[1]
+    all_t = jnp.concatenate([ev_time, sw], axis=1)
+    all_dose = jnp.concatenate([ev_dose, jnp.zeros((N, n_sw))], axis=1)
+    all_eff = jnp.concatenate([ev_log_effect, jnp.zeros((N, n_sw, len(names)))], axis=1)
+    order = jnp.argsort(all_t, axis=1, stable=True)
+    all_t = jnp.take_along_axis(all_t, order, axis=1)
+    all_dose = jnp.take_along_axis(all_dose, order, axis=1)
+    all_eff = jnp.take_along_axis(all_eff, order[:, :, None], axis=1)
+    inert = all_t > t_end[..., None]
+    all_dose = jnp.where(inert, 0.0, all_dose)
+    all_eff = jnp.where(inert[:, :, None], 0.0, all_eff)
+    K = all_t.shape[1]
+    n_seg = K + 1
+    lo, hi = jnp.broadcast_to(t_start, (N,))[:, None], jnp.broadcast_to(t_end, (N,))[:, None]
+    bounds = jnp.concatenate([lo, jnp.clip(all_t, lo, hi), hi], axis=1)
+    log_mult = jnp.concatenate(
+        [jnp.zeros((N, 1, len(names))), jnp.cumsum(all_eff, axis=1)], axis=1
+    )  # (N, n_seg, P)
+    mid = 0.5 * (bounds[:, :-1] + bounds[:, 1:])
+
+    def seg_theta(th, lm, tm):
+        th_k = {k: th[k] * jnp.exp(lm[i]) for i, k in enumerate(names)}
+        return model.at_segment(th_k, tm)
+
+    th_seg = jax.vmap(jax.vmap(seg_theta, in_axes=(None, 0, 0)))(theta, log_mult, mid)
+    th_seg = {k: v.T for k, v in th_seg.items()}  # (n_seg, N)
+    seg_end = bounds[:, 1:].T  # (n_seg, N): end of segment k
+    if model.dose_state is not None:
+        dose_vec = jax.vmap(jax.vmap(model.dose_vector))(all_dose)  # (N, K, n)
+        dose_vec = jnp.transpose(dose_vec, (1, 2, 0))  # (K, n, N)
+    else:
+        dose_vec = jnp.zeros((max(K, 1), n, N))
+
+    rtol = jnp.asarray(rtol, dtype)
+    atol = jnp.asarray(atol, dtype)
+
+    # --- initial step (Hairer & Wanner I.II.4, first guess) ---
+    vf = _batched_vf(model)
+    y0 = jax.vmap(model.initial_state, out_axes=1)(theta)  # (n, N)
+    th0 = {k: v[0] for k, v in th_seg.items()}
+    t0 = jnp.broadcast_to(t_start, (N,)).astype(dtype)
+    f0 = vf(t0, y0, th0)
+    sc0 = atol + rtol * jnp.abs(y0)
+    d0 = jnp.sqrt(jnp.mean((y0 / sc0) ** 2, axis=0))
+    d1 = jnp.sqrt(jnp.mean((f0 / sc0) ** 2, axis=0))
+    span = t_end - t_start
+    h0 = jnp.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1)
+    h0 = jnp.clip(h0, 1e-10, jnp.maximum(0.01 * span, 1e-6))
+
+    return Segments(th_seg, seg_end, dose_vec, y0, t0, h0, n_seg, K)
+
+
 def solve_batch(
     model: ODEModel,
     theta,
@@ -463,62 +540,15 @@ def solve_batch(
     n = len(model.states)
     dtype = times.dtype
 
-    # --- per-patient segments: boundaries, the dose and theta of each (patients innermost) ---
-    t_start = jnp.minimum(0.0, times[..., 0])  # () or (N,)
+    seg = segments(model, theta, times, ev_time, ev_dose, ev_log_effect, rtol, atol)
+    th_seg, seg_end, dose_vec, y0, t0, h0, n_seg, K = seg
     t_end = times[..., -1]
-    sw = jax.vmap(model.switch_times)(theta)  # (N, n_sw)
-    n_sw = sw.shape[1]
-    all_t = jnp.concatenate([ev_time, sw], axis=1)
-    all_dose = jnp.concatenate([ev_dose, jnp.zeros((N, n_sw))], axis=1)
-    all_eff = jnp.concatenate([ev_log_effect, jnp.zeros((N, n_sw, len(names)))], axis=1)
-    order = jnp.argsort(all_t, axis=1, stable=True)
-    all_t = jnp.take_along_axis(all_t, order, axis=1)
-    all_dose = jnp.take_along_axis(all_dose, order, axis=1)
-    all_eff = jnp.take_along_axis(all_eff, order[:, :, None], axis=1)
-    inert = all_t > t_end[..., None]
-    all_dose = jnp.where(inert, 0.0, all_dose)
-    all_eff = jnp.where(inert[:, :, None], 0.0, all_eff)
-    K = all_t.shape[1]
-    n_seg = K + 1
-    lo, hi = jnp.broadcast_to(t_start, (N,))[:, None], jnp.broadcast_to(t_end, (N,))[:, None]
-    bounds = jnp.concatenate([lo, jnp.clip(all_t, lo, hi), hi], axis=1)
-    log_mult = jnp.concatenate(
-        [jnp.zeros((N, 1, len(names))), jnp.cumsum(all_eff, axis=1)], axis=1
-    )  # (N, n_seg, P)
-    mid = 0.5 * (bounds[:, :-1] + bounds[:, 1:])
-
-    def seg_theta(th, lm, tm):
-        th_k = {k: th[k] * jnp.exp(lm[i]) for i, k in enumerate(names)}
-        return model.at_segment(th_k, tm)
-
-    th_seg = jax.vmap(jax.vmap(seg_theta, in_axes=(None, 0, 0)))(theta, log_mult, mid)
-    th_seg = {k: v.T for k, v in th_seg.items()}  # (n_seg, N)
-    seg_end = bounds[:, 1:].T  # (n_seg, N): end of segment k
-    if model.dose_state is not None:
-        dose_vec = jax.vmap(jax.vmap(model.dose_vector))(all_dose)  # (N, K, n)
-        dose_vec = jnp.transpose(dose_vec, (1, 2, 0))  # (K, n, N)
-    else:
-        dose_vec = jnp.zeros((max(K, 1), n, N))
-
     timed = _depends_on_t(model, n, th_seg)
-    vf = _batched_vf(model)
     pattern = jacobian_pattern(model, th_seg) if sparse else None
     rosenbrock_step = make_step(model, tableau, rtol, atol, timed, pattern, dense=interpolate)
     tab = tableau
     rtol = jnp.asarray(rtol, dtype)
     atol = jnp.asarray(atol, dtype)
-
-    # --- initial step (Hairer & Wanner I.II.4, first guess) ---
-    y0 = jax.vmap(model.initial_state, out_axes=1)(theta)  # (n, N)
-    th0 = {k: v[0] for k, v in th_seg.items()}
-    t0 = jnp.broadcast_to(t_start, (N,)).astype(dtype)
-    f0 = vf(t0, y0, th0)
-    sc0 = atol + rtol * jnp.abs(y0)
-    d0 = jnp.sqrt(jnp.mean((y0 / sc0) ** 2, axis=0))
-    d1 = jnp.sqrt(jnp.mean((f0 / sc0) ** 2, axis=0))
-    span = t_end - t_start
-    h0 = jnp.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1)
-    h0 = jnp.clip(h0, 1e-10, jnp.maximum(0.01 * span, 1e-6))
 
     times_ext = jnp.concatenate(
         [times, jnp.full(times.shape[:-1] + (_WINDOW + 1,), jnp.inf, dtype)], axis=-1)

@@ -30,7 +30,7 @@ from jax.experimental import multihost_utils
 from ._compile import jit
 from ._devices import shard_map
 from ._models.base import ClosedFormModel, Model, ODEModel
-from . import _batched
+from . import _batched, _kernel
 from ._progress import progress_bar
 from ._regimen import Regimen, check_weight, regimen_events
 from ._solve import Status, solve_patient
@@ -102,22 +102,28 @@ def default_solver(model: Model) -> dfx.AbstractSolver:
     return dfx.Kvaerno5() if getattr(model, "stiff", False) else dfx.Tsit5()
 
 
-METHODS = ("auto", "diffrax", "batched")
+METHODS = ("auto", "diffrax", "batched", "kernel")
 
 
 def resolve_method(model: Model, solver, method: str) -> str:
-    """``"diffrax"`` or ``"batched"`` for this model and solver (see :func:`simulate`)."""
+    """``"diffrax"``, ``"batched"`` or ``"kernel"`` for this model and solver (see
+    :func:`simulate`)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
     if not isinstance(model, ODEModel):
         return "diffrax"  # closed form: no solver at all
-    if method == "batched":
+    if method in ("batched", "kernel"):
         if solver is not None:
             raise ValueError(
-                "method='batched' uses cartkin's own Rosenbrock solver: pass solver=None, or "
+                f"method={method!r} uses cartkin's own Rosenbrock solver: pass solver=None, or "
                 "method='diffrax' to use the given diffrax solver"
             )
-        return "batched"
+        if method == "kernel" and not _kernel.kernel_supported(model):
+            raise ValueError(
+                f"method='kernel': the vector field of {model.name} uses an operation the "
+                "kernel cannot split into patients; use method='batched'"
+            )
+        return method
     if method == "auto":
         return "batched" if solver is None and getattr(model, "stiff", False) else "diffrax"
     return "diffrax"
@@ -127,7 +133,7 @@ def default_chunk_size(solver=None) -> int:
     """Patients per device per call: small on the CPU (cache), large on accelerators."""
     if jax.default_backend() != "cpu":
         return _GPU_CHUNK
-    return _BATCHED_CPU_CHUNK if solver == "batched" else 256
+    return _BATCHED_CPU_CHUNK if solver in ("batched", "kernel") else 256
 
 
 _BATCHED_CPU_CHUNK = 256
@@ -144,6 +150,11 @@ def _padded_size(m: int, chunk: int) -> int:
 
 @eqx.filter_jit
 def _solve_batch(model, solver, theta, ev, times, rtol, atol, max_steps_static, interpolate=False):
+    if solver == "kernel":
+        _, out, status, _ = _kernel.solve_batch_kernel(
+            model, theta, times, *ev, rtol=rtol, atol=atol, max_steps=max_steps_static,
+        )
+        return out, status
     if solver == "batched":
         _, out, status = _batched.solve_batch(
             model, theta, times, *ev, rtol=rtol, atol=atol, max_steps=max_steps_static,
@@ -297,7 +308,9 @@ def simulate(
         progress: show a progress bar (default: when there is more than one chunk).
         method: ``"diffrax"`` (a vmapped diffrax solve), ``"batched"`` (cartkin's Rosenbrock
             solver written for a batch, patients innermost: :mod:`cartkin._batched`; the faster
-            one on the CPU for stiff models) or ``"auto"`` (``"batched"`` for an ODE model marked
+            one on the CPU for stiff models), ``"kernel"`` (the same solver as one GPU kernel per
+            block of patients, :mod:`cartkin._kernel`; on a CPU it runs interpreted, for tests
+            only) or ``"auto"`` (``"batched"`` for an ODE model marked
             stiff when no ``solver`` is given, else ``"diffrax"``).
         interpolate: batched solver only (diffrax always interpolates, whatever this says).
             ``False`` (default): every step is shortened to end
@@ -375,8 +388,12 @@ def simulate(
         np.arange(n) if perm is None else perm,
     )
 
-    if resolve_method(model, solver, method) == "batched":
-        solver = "batched"
+    resolved = resolve_method(model, solver, method)
+    if resolved == "kernel" and interpolate:
+        raise ValueError("method='kernel' saves step values only: pass interpolate=False, or "
+                         "method='batched'")
+    if resolved in ("batched", "kernel"):
+        solver = resolved
     elif solver is None:
         solver = default_solver(model)
     devices = list(devices) if devices is not None else jax.devices()
