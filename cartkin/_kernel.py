@@ -56,6 +56,9 @@ _CALLS = ("pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "custom_
           "remat", "checkpoint")
 
 
+_REDUCE = {"reduce_sum": jax.lax.add_p, "reduce_max": jax.lax.max_p, "reduce_min": jax.lax.min_p}
+
+
 class NotLanewise(NotImplementedError):
     """The model uses an operation that :func:`lanewise` cannot split into lanes."""
 
@@ -131,6 +134,16 @@ def lanewise(fn, *example):
                 out[idx] = prim.bind(*vals, **params)
         return out
 
+    def reduce(prim, x, axes, in_aval, out_aval):
+        # a left fold of the reduced elements with the matching binary primitive
+        x = np.moveaxis(x, tuple(axes), tuple(range(-len(axes), 0)))
+        x = x.reshape(x.shape[: x.ndim - len(axes)] + (-1,))
+        acc = x[..., 0]
+        av = jax.core.ShapedArray((), in_aval.dtype)
+        for i in range(1, x.shape[-1]):
+            acc = elementwise(prim, {}, [acc, x[..., i]], [av, av], out_aval)
+        return np.asarray(acc, object).reshape(out_aval.shape)
+
     def run_jaxpr(jaxpr, consts, args):
         env = {}
 
@@ -146,9 +159,20 @@ def lanewise(fn, *example):
         for eqn in jaxpr.eqns:
             name = eqn.primitive.name
             ins = [read(v) for v in eqn.invars]
-            if name in _ELEMENTWISE and len(eqn.outvars) == 1:
+            if all(_is_const(e) for x in ins for e in x.flat) and not eqn.params.get("jaxpr"):
+                # no lane in it (iota, constants): evaluate now
+                with jax.ensure_compile_time_eval():
+                    vals = [np.asarray(x.tolist(), v.aval.dtype).reshape(x.shape)
+                            for x, v in zip(ins, eqn.invars, strict=True)]
+                    res = eqn.primitive.bind(*vals, **eqn.params)
+                res = res if eqn.primitive.multiple_results else [res]
+                outs = [np.asarray(np.asarray(r), object) for r in res]
+            elif name in _ELEMENTWISE and len(eqn.outvars) == 1:
                 outs = [elementwise(eqn.primitive, eqn.params, ins,
                                     [v.aval for v in eqn.invars], eqn.outvars[0].aval)]
+            elif name in _REDUCE and len(eqn.outvars) == 1:
+                outs = [reduce(_REDUCE[name], ins[0], eqn.params["axes"],
+                               eqn.invars[0].aval, eqn.outvars[0].aval)]
             elif name in _CALLS:
                 sub = next(p for p in eqn.params.values()
                            if hasattr(p, "eqns") or hasattr(getattr(p, "jaxpr", None), "eqns"))
@@ -286,18 +310,24 @@ def _any(mask):
 # the solver
 
 
+def _segment_names(model: ODEModel) -> tuple[str, ...]:
+    """The names of the parameters the vector field reads (after :meth:`at_segment`)."""
+    th = {k: jnp.zeros(()) for k in model.parameters}
+    return tuple(jax.eval_shape(model.at_segment, th, jnp.zeros(())))
+
+
 def kernel_supported(model: ODEModel) -> bool:
     """Whether :func:`solve_batch_kernel` can run ``model`` (its vector field splits into lanes)."""
     try:
-        _vector_field_on_lanes(model)
+        _vector_field_on_lanes(model, _segment_names(model))
     except NotLanewise:
         return False
     return True
 
 
 @functools.lru_cache(maxsize=32)
-def _vector_field_on_lanes(model):
-    names = list(model.parameters)
+def _vector_field_on_lanes(model, names: tuple[str, ...]):
+    """``vf(t, y, th)`` on lane vectors: ``y`` a list of ``n``, ``th`` one per name of ``names``."""
     n = len(model.states)
 
     def one(t, y, th):
@@ -355,14 +385,11 @@ def solve_batch_kernel(
     seg = segments(model, theta, times, ev_time, ev_dose, ev_log_effect, rtol, atol)
     n_seg, K = seg.n_seg, seg.K
     Kd = seg.dose_vec.shape[0]
-    seg_names = list(seg.th_seg)
+    seg_names = tuple(seg.th_seg)
     P = len(seg_names)
     timed = _depends_on_t(model, n, seg.th_seg)
     pattern = jacobian_pattern(model, seg.th_seg)
-    vf_named = _vector_field_on_lanes(model)
-    if set(seg_names) != set(names):
-        raise ValueError("the model's at_segment must return every parameter, and no other")
-    step = _lane_step(vf_named, tableau, n, pattern, timed)
+    step = _lane_step(_vector_field_on_lanes(model, seg_names), tableau, n, pattern, timed)
     order = float(tableau.err_order)
     OK, MAXS = int(Status.OK), int(Status.MAX_STEPS)
     max_it = n_seg * (max_steps + 2) + 8
@@ -374,7 +401,7 @@ def solve_batch_kernel(
         pad = [(0, 0)] * (x.ndim - 1) + [(0, Np - N)]
         return jnp.pad(x, pad, mode="edge")
 
-    th_in = lanes_last(jnp.stack([seg.th_seg[k] for k in names], axis=1))  # (n_seg, P, Np)
+    th_in = lanes_last(jnp.stack([seg.th_seg[k] for k in seg_names], axis=1))  # (n_seg, P, Np)
     end_in = lanes_last(seg.seg_end)  # (n_seg, Np)
     dose_in = lanes_last(seg.dose_vec)  # (Kd, n, Np)
     init_in = lanes_last(jnp.concatenate([seg.y0, seg.t0[None], seg.h0[None]], axis=0))
