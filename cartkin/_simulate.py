@@ -132,7 +132,7 @@ def resolve_method(model: Model, solver, method: str) -> str:
 def default_chunk_size(solver=None) -> int:
     """Patients per device per call: small on the CPU (cache), large on accelerators."""
     if jax.default_backend() != "cpu":
-        return _GPU_CHUNK
+        return _GPU_KERNEL_CHUNK if solver == "kernel" else _GPU_CHUNK
     return _BATCHED_CPU_CHUNK if solver in ("batched", "kernel") else 256
 
 
@@ -140,9 +140,15 @@ _BATCHED_CPU_CHUNK = 256
 # measured on an H200 (benchmarks/README.md): 262,144 patients per call ran the Hardiansyah
 # workload at 886,592 patients/s, 65,536 at 693,536, 524,288 at 481,128
 _GPU_CHUNK = 262144
+# the kernel: 10^7 patients in calls of 2^20 at 6.8 million patients/s on an H200. Its program
+# takes about a minute to compile per shape, so on a GPU a call pads to one of two sizes only
+_GPU_KERNEL_CHUNK = 1 << 20
+_GPU_KERNEL_SMALL = 1 << 16
 
 
-def _padded_size(m: int, chunk: int) -> int:
+def _padded_size(m: int, chunk: int, solver=None) -> int:
+    if solver == "kernel" and jax.default_backend() != "cpu":
+        return min(chunk, _GPU_KERNEL_SMALL) if m <= _GPU_KERNEL_SMALL else chunk
     if m >= chunk:
         return chunk
     return max(_MIN_PAD, 1 << (m - 1).bit_length())
@@ -301,7 +307,8 @@ def simulate(
         rtol, atol: tolerances of the PID step-size controller (passed as arrays: changing them
             does not recompile).
         max_steps: per segment between events; a patient that reaches it is flagged, not fatal.
-        chunk_size: patients per device per compiled call (default 256 on CPU, 262144 on GPU).
+        chunk_size: patients per device per compiled call (default 256 on CPU, 262144 on GPU,
+            2^20 for ``method="kernel"`` on a GPU).
         devices: devices to shard the patient axis over (default: all visible devices; under
             ``jax.distributed``, those of every process: each process must then pass the same
             inputs, and each returns the full result).
@@ -399,7 +406,7 @@ def simulate(
     devices = list(devices) if devices is not None else jax.devices()
     ndev = len(devices)
     per_dev = chunk_size or default_chunk_size(solver)
-    size = _padded_size(math.ceil(m / ndev), per_dev) * ndev
+    size = _padded_size(math.ceil(m / ndev), per_dev, solver) * ndev
     n_chunks = math.ceil(m / size)
 
     rtol_a, atol_a = jnp.asarray(rtol, float), jnp.asarray(atol, float)
