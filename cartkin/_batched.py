@@ -637,6 +637,10 @@ def solve_batch(
         fac = _SAFETY * jnp.where(err > 0, err, 1e-10) ** (-1.0 / tab.err_order)
         fac = jnp.clip(fac, _FAC_MIN, jnp.where(accept, _FAC_MAX, 1.0))
         h_new = h_eff * fac
+        # t has advanced, so this is True for every accepted step: an accepted step never
+        # shrinks h. Testing the cut before the advance (only a step shortened onto a boundary
+        # keeps its h) took as many steps on the Hardiansyah workload (201.5 against 201.3 per
+        # patient, 256 patients) and moved values by 1e-6, so the rule stays as it is
         shortened = target < t + h
         h_new = jnp.where(accept & shortened, jnp.maximum(h_new, h), h_new)
         collapsed = go & ~accept & (h_new < 1e-14 * jnp.maximum(1.0, jnp.abs(t)))

@@ -467,7 +467,7 @@ def solve_batch_kernel(
                 fac = _SAFETY * jnp.where(err > 0, err, 1e-10) ** (-1.0 / order)
                 fac = jnp.minimum(jnp.maximum(fac, _FAC_MIN), jnp.where(accept, _FAC_MAX, 1.0))
                 h_new = h_eff * fac
-                shortened = target < t + h  # as in _batched.solve_batch (t already advanced)
+                shortened = target < t + h  # t has advanced: as in _batched.solve_batch
                 h_new = jnp.where(accept & shortened, jnp.maximum(h_new, h), h_new)
                 collapsed = go & ~accept & (h_new < 1e-14 * jnp.maximum(1.0, jnp.abs(t)))
                 status = jnp.where(collapsed, int(Status.SOLVER_FAILED), status)
