@@ -162,21 +162,20 @@ def fit(
     cov, cond, decrement, step_cov = _newton(res)
     history = [{"step": 0, "decrement": decrement, "seconds": t_is}]
     # Newton polishing with the importance-sampled score and information: SAEM's estimate
-    # carries Monte Carlo error; a step psi + I^-1 g removes most of what is left. A step is
-    # kept when the Newton decrement (the log-likelihood still to gain) falls. Where the
-    # information is not positive definite (no decrement), the step is saddle-free and kept
-    # unless the -2LL rose: at all on the same draws reweighted, by more than twice its Monte
-    # Carlo SE on fresh ones.
+    # carries Monte Carlo error; a step psi + I^-1 g removes most of what is left. Where the
+    # information is not positive definite (no decrement), the step is saddle-free. A step is
+    # kept unless the -2LL rose: at all on the same draws reweighted, by more than twice its
+    # Monte Carlo SE on fresh ones (_step_better).
     for step in range(1, polish + 1):
         if decrement < 0.05 or not np.all(np.isfinite(step_cov)):
             break
         concave = np.isfinite(decrement)
         # the first pass's draws and solves, weighed at the new parameters, give the step's score
         # and information (no new solves); fresh draws if that leaves some subject with less than
-        # half its effective sample size. A step that does not lower the decrement is halved (up
-        # to 3 times, on reweighted draws only) before giving up
+        # half its effective sample size. A step that is not kept is halved (up to 3 times; once
+        # where it took fresh draws) before giving up
         t_step = time.perf_counter()
-        better, t = False, 1.0
+        better, t, fresh_tries = False, 1.0, 0
         for _ in range(4):
             new = _polished_params(res, step_cov, t)
             if new is None:
@@ -190,16 +189,9 @@ def fit(
                                  modes=res["modes"])
                 reused = False
             cov_new, cond_new, dec_new, step_new = _newton(res_new)
-            if concave:
-                better = dec_new < decrement
-            elif reused:  # the same draws weighed at both points: the difference is precise
-                better = res_new["m2ll"] < res["m2ll"]
-            else:
-                better = res_new["m2ll"] <= res["m2ll"] + 2 * np.hypot(res["m2ll_se"],
-                                                                       res_new["m2ll_se"])
-            # halving is tried where it costs no solves, and where the information is not
-            # concave (the saddle-free step's length is not the quadratic model's)
-            if better or not (reused or not concave):
+            better = _step_better(res, res_new, reused)
+            fresh_tries += not reused
+            if better or fresh_tries >= 2:
                 break
             t /= 2
         if new is None:
@@ -225,21 +217,29 @@ def fit(
     history.append({"step": "final", "m2ll": res["m2ll"], "m2ll_se": res["m2ll_se"],
                     "decrement": decrement, "seconds": timings["m2ll_step_s"]})
     # reweighted steps stop at the maximum of the first pass's draws, which carries their Monte
-    # Carlo error; when the independent check finds the fit unconverged, one more step from it
-    # and a new evaluation (fresh draws throughout), kept if its decrement is lower
-    new = _polished_params(res, step_cov) if last_reweighted and 0.5 <= decrement < np.inf else None
-    if new is not None:
+    # Carlo error, and a step can be refused on a noisy comparison: when the independent check
+    # finds the fit unconverged, one more step from it and a new evaluation (fresh draws
+    # throughout), kept as a polishing step is (_step_better); up to ``polish`` such steps while
+    # the check still fails
+    for _ in range(polish if last_reweighted or decrement < np.inf else 0):
+        if not 0.5 <= decrement or not np.all(np.isfinite(step_cov)):
+            break
+        new = _polished_params(res, step_cov)
+        if new is None:
+            break
         t_extra = time.perf_counter()
         res_new = sample(new, res["ebe"], res["ebe_cov"], progress, fresh_information=True,
                          modes=res["modes"])
-        cov_new, cond_new, dec_new, _ = _newton(res_new)
-        better = dec_new < decrement
+        cov_new, cond_new, dec_new, step_new = _newton(res_new)
+        better = _step_better(res, res_new, False)
         history.append({"step": "after check", "m2ll": res_new["m2ll"],
                         "m2ll_se": res_new["m2ll_se"], "decrement": dec_new,
                         "accepted": bool(better), "draws": "new",
                         "seconds": time.perf_counter() - t_extra})
-        if better:
-            res, params, cov, cond, decrement = res_new, new, cov_new, cond_new, dec_new
+        if not better:
+            break
+        res, params, cov, cond, decrement, step_cov = (res_new, new, cov_new, cond_new, dec_new,
+                                                       step_new)
     # an information that is not positive definite gives no SEs; where a variance is weakly
     # identified that is often Monte Carlo error (Louis's formula subtracts two large, nearly
     # equal terms): the information pass is then repeated once with 4x the draws
@@ -356,6 +356,21 @@ def _newton(res):
         return cov, cond, dec, cov
     lam = np.maximum(np.abs(evals), 1e-6 * np.abs(evals).max())
     return cov, cond, dec, (evecs / lam) @ evecs.T
+
+
+def _step_better(res, res_new, reused: bool) -> bool:
+    """Whether a polishing step from ``res`` to ``res_new`` is kept: the -2LL fell on the same
+    draws weighed at both points (``reused``: the difference is precise), or did not rise by more
+    than twice the Monte Carlo SE of the difference on fresh draws.
+
+    Not the Newton decrement: measured on 20 replicates of the recovery study, a step that gained
+    likelihood was refused where the information at its end was not positive definite (Louis's
+    formula is a difference of two noisy terms) or its decrement, another noisy estimate, larger.
+    """
+    gain = res["m2ll"] - res_new["m2ll"]
+    if reused:
+        return bool(gain > 0)
+    return bool(gain >= -2 * float(np.hypot(res["m2ll_se"], res_new["m2ll_se"])))
 
 
 def _polished_params(res, cov, t=1.0):
