@@ -30,6 +30,9 @@ def add_parser(sub) -> None:
     p.add_argument("--days", type=float, default=90.0, help="simulation horizon in days")
     p.add_argument("--points", type=int, default=91, help="number of saved times")
     p.add_argument("--solver", default=None, help="tsit5 (default) or kvaerno5")
+    p.add_argument("--method", choices=["auto", "diffrax", "batched", "kernel"], default="auto",
+                   help="auto (default), diffrax, batched (cartkin's Rosenbrock solver) or kernel "
+                        "(the same as one GPU kernel: for large populations on a GPU)")
     p.add_argument("--rtol", type=float, default=1e-6)
     p.add_argument("--atol", type=float, default=1e-9)
     p.add_argument("--format", choices=["csv", "parquet"], default="csv")
@@ -100,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     res = simulate(
         model, th, times, regs, weight=covs["WT"], solver=solver, rtol=args.rtol, atol=args.atol,
-        progress=args.n >= 5000 or None,
+        progress=args.n >= 5000 or None, method=args.method,
     )
     wall = time.perf_counter() - t0
 
