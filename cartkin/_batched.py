@@ -187,6 +187,20 @@ def _inverse(W):
     return X
 
 
+def iteration_matrix(J, inv_hg, pattern):
+    """``I/(h gamma) - J`` as nested lists; Python 0.0 where ``pattern`` has a structural zero."""
+    n = len(J)
+    return [
+        [
+            (inv_hg - J[i][j] if pattern[i][j] else inv_hg)
+            if i == j
+            else (-J[i][j] if pattern[i][j] else 0.0)
+            for j in range(n)
+        ]
+        for i in range(n)
+    ]
+
+
 def _matvec(M, v):
     out = []
     for row in M:
@@ -372,17 +386,7 @@ def make_step(
     def rosenbrock_step(t, y, h, th):
         J = jac(t, y, th)
         inv_h = 1.0 / h
-        inv_hg = inv_h * (1.0 / tab.gamma)
-        W = [
-            [
-                (inv_hg - J[i][j] if pattern[i][j] else inv_hg)
-                if i == j
-                else (-J[i][j] if pattern[i][j] else 0.0)
-                for j in range(n)
-            ]
-            for i in range(n)
-        ]
-        Winv = _inverse(W)
+        Winv = _inverse(iteration_matrix(J, inv_h * (1.0 / tab.gamma), pattern))
         ft = ft_fn(t, y, th) if timed else None
         ks, us = [], []
         for i in range(tab.stages):

@@ -42,6 +42,7 @@ from ._batched import (
     _extends,
     _inverse,
     _matvec,
+    iteration_matrix,
     jacobian_pattern,
     segments,
 )
@@ -247,17 +248,7 @@ def _lane_step(vf, tab: RosenbrockTableau, n: int, pattern, timed: bool):
     def step(t, y, h, th, rtol, atol):
         J = jac(t, y, th)
         inv_h = 1.0 / h
-        inv_hg = inv_h * (1.0 / tab.gamma)
-        W = [
-            [
-                (inv_hg - J[i][j] if pattern[i][j] else inv_hg)
-                if i == j
-                else (-J[i][j] if pattern[i][j] else 0.0)
-                for j in range(n)
-            ]
-            for i in range(n)
-        ]
-        Winv = _inverse(W)
+        Winv = _inverse(iteration_matrix(J, inv_h * (1.0 / tab.gamma), pattern))
         ft = jax.jvp(lambda s: vf(s, y, th), (t,), (jnp.ones_like(t),))[1] if timed else None
         ks, us = [], []
         for i in range(tab.stages):

@@ -34,9 +34,14 @@ def test_batched_matches_scipy(case):
     about 1e5 times tighter than the check, so a failure means a different solution (dose, event,
     switch handling), not solver noise.
     """
+    assert_matches_scipy(case, "batched")
+
+
+def assert_matches_scipy(case, method):
+    """``simulate(method=...)`` of a SCIPY_CASES case at rtol 1e-10 against scipy at 1e-11."""
     model, theta, regimen, times = SCIPY_CASES[case]
     atol = 1e-14 if isinstance(model, Hardiansyah2019) else 1e-16
-    res = ck.simulate(model, theta, times, regimen, rtol=1e-10, atol=atol, method="batched")
+    res = ck.simulate(model, theta, times, regimen, rtol=1e-10, atol=atol, method=method)
     assert res.ok.all(), res.failures()
     ref = scipy_reference(_JitVF(model), theta, times, regimen, rtol=1e-11, atol=atol)
     for name in model.outputs:
@@ -64,12 +69,14 @@ def test_batched_matches_diffrax_on_a_population():
         np.testing.assert_allclose(a.outputs[k][keep], b.outputs[k][keep], rtol=1e-5, err_msg=k)
 
 
-def test_batched_dose_events_exact():
-    """Doses at t=0 with a t=0 sample, coincident doses (summed), a dose at an observation time."""
+@pytest.mark.parametrize("method", ["batched", "kernel"])
+def test_batched_dose_events_exact(method):
+    """Doses at t=0 with a t=0 sample, coincident doses (summed), a dose at an observation time
+    (also for the kernel form of the solver, cartkin._kernel)."""
     m = OneCompartment()
     times = np.array([0.0, 0.5, 1.0, 2.0, 3.0, 5.0])
     reg = ck.Regimen((ck.Dose(0.0, 10.0), ck.Dose(1.0, 3.0), ck.Dose(1.0, 4.0), ck.Dose(2.0, 5.0)))
-    res = ck.simulate(m, m.default_theta(), times, reg, rtol=1e-10, atol=1e-12, method="batched")
+    res = ck.simulate(m, m.default_theta(), times, reg, rtol=1e-10, atol=1e-12, method=method)
     ref = analytic_one_compartment(times, [(0, 10), (1, 7), (2, 5)], 0.3, 5.0)
     np.testing.assert_allclose(res.outputs["C"][0], ref, rtol=1e-8)
     assert res.outputs["C"][0][0] == pytest.approx(2.0)

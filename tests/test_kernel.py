@@ -13,9 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import scipy_reference
-from test_models_published import FLOOR, SCIPY_CASES, _JitVF
-from test_simulate import OneCompartment, analytic_one_compartment
+from test_batched import assert_matches_scipy
 
 import cartkin as ck
 from cartkin import _batched, _kernel
@@ -73,26 +71,7 @@ def test_kernel_equals_batched_on_a_population():
 def test_kernel_matches_scipy(case):
     """Published models with interventions, two infusions, a late dose, switch times: rtol 1e-10
     against scipy LSODA at rtol 1e-11, to 1e-5 relative (the bar of test_batched_matches_scipy)."""
-    model, theta, regimen, times = SCIPY_CASES[case]
-    atol = 1e-14 if isinstance(model, Hardiansyah2019) else 1e-16
-    res = ck.simulate(model, theta, times, regimen, rtol=1e-10, atol=atol, method="kernel")
-    assert res.ok.all(), res.failures()
-    ref = scipy_reference(_JitVF(model), theta, times, regimen, rtol=1e-11, atol=atol)
-    for name in model.outputs:
-        got, want = res.outputs[name][0], ref[name]
-        keep = np.abs(want) > FLOOR
-        np.testing.assert_allclose(got[keep], want[keep], rtol=1e-5, err_msg=f"{case}: {name}")
-
-
-def test_kernel_dose_events_exact():
-    """Doses at t=0 with a t=0 sample, coincident doses (summed), a dose at an observation time."""
-    m = OneCompartment()
-    times = np.array([0.0, 0.5, 1.0, 2.0, 3.0, 5.0])
-    reg = ck.Regimen((ck.Dose(0.0, 10.0), ck.Dose(1.0, 3.0), ck.Dose(1.0, 4.0), ck.Dose(2.0, 5.0)))
-    res = ck.simulate(m, m.default_theta(), times, reg, rtol=1e-10, atol=1e-12, method="kernel")
-    ref = analytic_one_compartment(times, [(0, 10), (1, 7), (2, 5)], 0.3, 5.0)
-    np.testing.assert_allclose(res.outputs["C"][0], ref, rtol=1e-8)
-    assert res.outputs["C"][0][0] == pytest.approx(2.0)
+    assert_matches_scipy(case, "kernel")
 
 
 def test_kernel_failures_are_per_patient():
