@@ -7,7 +7,8 @@ kernel (``method="kernel"``), side by side in one process on the Hardiansyah wor
 2. The solve alone (inputs on the device, one jitted call, no ``simulate`` around it) at
    ``--probe-n`` patients: compile time and warm time of ``_batched.solve_batch`` and of the
    kernel for each block size (patients per program, with one warp per 32 patients).
-3. ``cartkin.simulate(..., on_device=True)`` for each method at ``--sizes`` patients.
+3. ``cartkin.simulate(..., on_device=True)`` for each method at ``--sizes`` patients, after
+   timing the copy of the largest population to the device (part of every ``simulate`` call).
 
 Run on a GPU: ``python benchmarks/kernel_gpu.py``. On a CPU the kernel runs in Pallas's
 interpreter, so only ``--check-n 64 --probe-n 0 --sizes`` (no sizes) makes sense there.
@@ -117,6 +118,15 @@ def main():
                 continue
             say(f"probe N={n}: kernel block {b}: {t_warm:.3f} s warm ({n / t_warm:,.0f} "
                 f"patients/s, {base / t_warm:.1f}x batched), compile {t_first - t_warm:.1f} s")
+
+    # where simulate's time goes besides the solve: the copy of the population to the device
+    # (simulate does it once per call) and the solve of one chunk of the largest size
+    if args.sizes:
+        n = max(args.sizes)
+        pop = {k: np.ascontiguousarray(v[:n]) for k, v in theta.items()}
+        _, t_put = timed(lambda: jax.device_put(pop, jax.devices()[0]))
+        say(f"parts: population of {n:,} to the device: {t_put:.3f} s "
+            f"({sum(v.nbytes for v in pop.values()) / 1e9:.2f} GB)")
 
     # 3. simulate, outputs on the device
     for n in args.sizes:
