@@ -99,15 +99,25 @@ def residual_sd(kind_codes, f, sigma_add, sigma_prop):
     )
 
 
-def _record_terms(kind_codes, y, f, cens, limit, sigma_add, sigma_prop, mask):
+def _record_terms(kind_codes, y, f, cens, limit, sigma_add, sigma_prop, mask, log_only=False):
     """Per record: the residual SD, the standardised residual z, the M3 argument u and the
-    uncensored and censored log-likelihoods (see :func:`residual_loglik`)."""
-    is_log = kind_codes == 0
+    uncensored and censored log-likelihoods (see :func:`residual_loglik`).
+
+    ``log_only``: every record is log-additive (known when the program is traced). The SD then
+    does not depend on the prediction, so under a vmap over draws its logarithm is taken once
+    per record instead of once per draw and record."""
     safe_f = jnp.where(mask, f, 1.0)
-    m = jnp.where(is_log, jnp.log(jnp.maximum(safe_f, 1e-300)), safe_f)
-    yy = jnp.where(is_log, jnp.log(jnp.where(mask & (y > 0), y, 1.0)), y)
-    lim = jnp.where(is_log, jnp.log(jnp.where(mask & (limit > 0), limit, 1.0)), limit)
-    sd = residual_sd(kind_codes, safe_f, sigma_add, sigma_prop)
+    if log_only:
+        m = jnp.log(jnp.maximum(safe_f, 1e-300))
+        yy = jnp.log(jnp.where(mask & (y > 0), y, 1.0))
+        lim = jnp.log(jnp.where(mask & (limit > 0), limit, 1.0))
+        sd = sigma_add
+    else:
+        is_log = kind_codes == 0
+        m = jnp.where(is_log, jnp.log(jnp.maximum(safe_f, 1e-300)), safe_f)
+        yy = jnp.where(is_log, jnp.log(jnp.where(mask & (y > 0), y, 1.0)), y)
+        lim = jnp.where(is_log, jnp.log(jnp.where(mask & (limit > 0), limit, 1.0)), limit)
+        sd = residual_sd(kind_codes, safe_f, sigma_add, sigma_prop)
     z = (yy - m) / sd
     ll_obs = -0.5 * z**2 - jnp.log(sd) - 0.5 * jnp.log(2 * jnp.pi)
     z_lim = (lim - m) / sd
@@ -118,14 +128,16 @@ def _record_terms(kind_codes, y, f, cens, limit, sigma_add, sigma_prop, mask):
     return sd, z, u, ll_obs, log_ndtr(u)
 
 
-def residual_loglik(kind_codes, y, f, cens, limit, sigma_add, sigma_prop, mask):
+def residual_loglik(kind_codes, y, f, cens, limit, sigma_add, sigma_prop, mask,
+                    log_only=False):
     """Log-likelihood of each record given the prediction f (M3 for censored records).
 
     ``kind_codes`` per record: 0 log-additive, 1 additive, 2 proportional, 3 combined.
-    ``sigma_add``/``sigma_prop`` per record (the endpoint's parameters).
+    ``sigma_add``/``sigma_prop`` per record (the endpoint's parameters). ``log_only``: every
+    code is 0, known when tracing (the same values, fewer operations per prediction).
     """
     _, _, _, ll_obs, ll_cens = _record_terms(kind_codes, y, f, cens, limit, sigma_add,
-                                             sigma_prop, mask)
+                                             sigma_prop, mask, log_only)
     return jnp.where(mask, jnp.where(cens == 0, ll_obs, ll_cens), 0.0)
 
 
@@ -146,21 +158,24 @@ def residual_loglik_sigma_derivatives(endpoints, data_i, f, log_sigma):
     n_s = jnp.shape(log_sigma)[0]
     Ea, Ep = ((pos[:, None] == np.arange(n_s)).astype(float) for pos in sigma_positions(endpoints))
     codes = kind_codes(endpoints)
+    log_only = bool(np.all(codes == 0))
     sa, sp = sigma_per_endpoint(endpoints, jnp.exp(log_sigma))
     ep, mask, cens = data_i["endpoint"], data_i["mask"], data_i["cens"]
     kind, sa, sp = jnp.asarray(codes)[ep], sa[ep], sp[ep]
     sd, z, u, l_obs, l_cen = _record_terms(kind, data_i["dv"], f, cens, data_i["limit"], sa, sp,
-                                           mask)
+                                           mask, log_only)
     lam = jnp.exp(-0.5 * u**2 - 0.5 * np.log(2 * np.pi) - l_cen)
     obs = mask & (cens == 0)
     cen = mask & (cens != 0)
     ll = jnp.where(obs, l_obs, jnp.where(cen, l_cen, 0.0))
     l_s = jnp.where(obs, z**2 - 1.0, jnp.where(cen, -u * lam, 0.0))
     l_ss = jnp.where(obs, -2.0 * z**2, jnp.where(cen, u * lam * (1.0 - u * (u + lam)), 0.0))
+    Ea_r, Ep_r = jnp.asarray(Ea)[ep], jnp.asarray(Ep)[ep]  # (T, n_s)
+    if log_only:  # s = log sigma_add: wa = 1, wp = 0
+        return ll.sum(), l_s @ Ea_r, jnp.einsum("t,ti,tj->ij", l_ss, Ea_r, Ea_r)
     wa = jnp.where(kind == 3, sa**2 / sd**2, jnp.where(kind == 2, 0.0, 1.0))
     wp = 1.0 - wa
     comb = jnp.where(kind == 3, 2.0 * wa * wp, 0.0)
-    Ea_r, Ep_r = jnp.asarray(Ea)[ep], jnp.asarray(Ep)[ep]  # (T, n_s)
     ds = wa[:, None] * Ea_r + wp[:, None] * Ep_r
     dd = Ea_r - Ep_r  # the combined error's second derivative: 2 wa wp dd dd'
     grad = l_s @ ds
@@ -181,7 +196,7 @@ def log_ndtr(z):
     zl = jnp.where(low, z, -20.0)
     r = 1.0 / zl**2
     series = r * (-1 + r * (3 + r * (-15 + r * (105 + r * (-945)))))
-    asym = -0.5 * zl**2 - jnp.log(-zl) - 0.5 * np.log(2 * np.pi) + jnp.log1p(series)
+    asym = -0.5 * zl**2 - 0.5 * np.log(2 * np.pi) - jnp.log(-zl / (1.0 + series))  # one log
     return jnp.where(low, asym, main)
 
 
@@ -313,12 +328,12 @@ class StatModel:
         )
 
 
-def record_loglik(kind_codes, data_i, f, sigma_add, sigma_prop):
+def record_loglik(kind_codes, data_i, f, sigma_add, sigma_prop, log_only=False):
     """:func:`residual_loglik` of one subject's records (T,), with the per-endpoint error kinds
     and SDs (E,) picked by each record's endpoint."""
     ep = data_i["endpoint"]
     return residual_loglik(kind_codes[ep], data_i["dv"], f, data_i["cens"], data_i["limit"],
-                           sigma_add[ep], sigma_prop[ep], data_i["mask"])
+                           sigma_add[ep], sigma_prop[ep], data_i["mask"], log_only)
 
 
 def subject_loglik(stat, predict_one, phi, data_i, sigma_add, sigma_prop, kind_codes):

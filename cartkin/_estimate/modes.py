@@ -71,6 +71,7 @@ def make_mode_search(predict_draws, d: int, codes, n_iter: int, devices):
     """
     S = 2 + len(MOVES) * d
     codes = np.asarray(codes)
+    log_only = bool(np.all(codes == 0))  # every endpoint log-additive
     # on the device: indexed by traced endpoint numbers
     is_log = jax.device_put(codes == 0)
     codes = jax.device_put(codes)
@@ -89,7 +90,7 @@ def make_mode_search(predict_draws, d: int, codes, n_iter: int, devices):
         ones = jnp.ones_like(eta)
 
         def per_record(e):
-            return record_loglik(codes, data_i, jnp.where(lg, jnp.exp(e), e), sa, sp)
+            return record_loglik(codes, data_i, jnp.where(lg, jnp.exp(e), e), sa, sp, log_only)
 
         def first(e):
             return jax.jvp(per_record, (e,), (ones,))

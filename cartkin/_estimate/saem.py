@@ -103,6 +103,7 @@ def make_saem(stat, predict_draws, data, X, options: SAEMOptions, codes):
     omask = np.asarray(stat.omega_mask())
     add, prop = sigma_layout(stat.endpoints)
     n_free = int(add.sum() + prop.sum())
+    log_only = bool(np.all(np.asarray(codes) == 0))  # every endpoint log-additive
     codes = jax.device_put(np.asarray(codes))  # indexed by traced endpoint numbers
 
     def predict_all(phi, data):
@@ -110,7 +111,7 @@ def make_saem(stat, predict_draws, data, X, options: SAEMOptions, codes):
         return f[:, 0], code[:, 0] == 0
 
     def resid_ll(f, ok, sa, sp, data):
-        ll = jax.vmap(lambda fi, di: record_loglik(codes, di, fi, sa, sp).sum())(f, data)
+        ll = jax.vmap(lambda fi, di: record_loglik(codes, di, fi, sa, sp, log_only).sum())(f, data)
         return jnp.where(ok & jnp.isfinite(ll), ll, -jnp.inf)
 
     # the kernel schedule of one E-step: 0 = prior proposal, 1 = full random walk,
