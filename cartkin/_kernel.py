@@ -310,10 +310,17 @@ def _segment_names(model: ODEModel) -> tuple[str, ...]:
 def kernel_supported(model: ODEModel) -> bool:
     """Whether :func:`solve_batch_kernel` can run ``model`` (its vector field splits into lanes)."""
     try:
-        _vector_field_on_lanes(model, _segment_names(model))
+        _lanes_vf(model, _segment_names(model))
     except NotLanewise:
         return False
     return True
+
+
+def _lanes_vf(model, names: tuple[str, ...]):
+    try:
+        return _vector_field_on_lanes(model, names)
+    except TypeError:  # a model that cannot be hashed: not cached
+        return _vector_field_on_lanes.__wrapped__(model, names)
 
 
 @functools.lru_cache(maxsize=32)
@@ -380,7 +387,7 @@ def solve_batch_kernel(
     P = len(seg_names)
     timed = _depends_on_t(model, n, seg.th_seg)
     pattern = jacobian_pattern(model, seg.th_seg)
-    step = _lane_step(_vector_field_on_lanes(model, seg_names), tableau, n, pattern, timed)
+    step = _lane_step(_lanes_vf(model, seg_names), tableau, n, pattern, timed)
     order = float(tableau.err_order)
     OK, MAXS = int(Status.OK), int(Status.MAX_STEPS)
     max_it = n_seg * (max_steps + 2) + 8
