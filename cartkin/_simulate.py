@@ -218,13 +218,15 @@ def _chunk_rows(xp, theta, ev_time, ev_dose, ev_eff, ev_kg, weights, perm, lo, n
     """Rows ``lo .. lo + size - 1`` of :func:`simulate`'s D x n solves (row r: regimen r // n,
     patient ``perm[r % n]``; rows past m, the padding, repeat row 0), gathered with ``xp``
     (numpy on the host, jax.numpy on a device) from the population and the per-regimen event
-    tables: ``(theta, (event times, doses in cells, log-effects))``."""
+    tables: ``(theta, (event times, doses in cells, log-effects))``. A parameter of one value
+    (shape (1,)) is that value for every row."""
     r = lo + xp.arange(size)
     r = xp.where(r < m, r, 0)
     d, i = r // n, perm[r % n]
     dose = ev_dose[d]
     dose = xp.where(ev_kg[d], dose * weights[i][:, None], dose)
-    return {k: v[i] for k, v in theta.items()}, (ev_time[d], dose, ev_eff[d])
+    rows = {k: xp.broadcast_to(v, (size,)) if v.shape[0] == 1 else v[i] for k, v in theta.items()}
+    return rows, (ev_time[d], dose, ev_eff[d])
 
 
 # the same gather on the device: a chunk's inputs are not copied from the host
@@ -356,6 +358,7 @@ def simulate(
     for k, v in theta.items():
         if not np.all(np.isfinite(v)):
             raise ValueError(f"parameter {k!r} has NaN or infinite values")
+    shared = {k for k, v in theta.items() if v.ndim == 0}  # one value for every patient
     theta = {k: np.broadcast_to(v, (n,)) for k, v in theta.items()}
     if order_by is not None and order_by not in theta:
         raise ValueError(
@@ -390,7 +393,10 @@ def simulate(
     D = len(regimens)
     m = D * n
     gather_in = (
-        {k: np.ascontiguousarray(v) for k, v in theta.items()}, ev_time, ev_dose, ev_eff, ev_kg,
+        # a parameter given as one value stays one value: it is broadcast per chunk, not copied
+        # N times (nor copied to the device N times)
+        {k: v[:1].copy() if k in shared else np.ascontiguousarray(v) for k, v in theta.items()},
+        ev_time, ev_dose, ev_eff, ev_kg,
         np.ones(n) if weights is None else np.ascontiguousarray(weights),
         np.arange(n) if perm is None else perm,
     )

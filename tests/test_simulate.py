@@ -90,6 +90,19 @@ def test_batched_equals_looped():
         np.testing.assert_allclose(batch[i], one, rtol=1e-12)
 
 
+def test_one_value_parameters_equal_their_arrays():
+    """A parameter given as one value (kept as one value, broadcast per chunk) gives what the same
+    value repeated per patient gives; several chunks, host and device gathers, two devices."""
+    m = ck.Stein2019ODE()
+    th, _, _ = Population(m, omega={"Cmax": 0.4}).sample(20, seed=5)
+    one = {k: (v if k == "Cmax" else float(v[0])) for k, v in th.items()}
+    assert all(np.all(v == v[0]) for k, v in th.items() if k != "Cmax")
+    for kw in ({"chunk_size": 8}, {"chunk_size": 8, "devices": jax.devices()[:1]}):
+        a = ck.simulate(m, one, TIMES, progress=False, **kw).outputs["C"]
+        b = ck.simulate(m, th, TIMES, progress=False, **kw).outputs["C"]
+        np.testing.assert_array_equal(a, b)
+
+
 def test_same_seed_same_patients_across_batch_and_chunk_sizes():
     m = ck.Stein2019ODE()
     pop = Population(m, omega={"Cmax": 0.4, "Tmax": 0.1})
