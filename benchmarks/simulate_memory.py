@@ -2,7 +2,10 @@
 parameters are one value each except two (rE and dE vary), over a short horizon so that the solve
 is small and the population's handling shows.
 
-    python benchmarks/simulate_memory.py [N] [label]
+    python benchmarks/simulate_memory.py [N] [label] [arrays]
+
+With ``arrays`` every parameter is passed as an array of N values (as ``Population.sample``
+returns them).
 
 Run it at two commits (a git worktree on PYTHONPATH) to compare; each run is its own process, so
 each peak is its own call's.
@@ -33,6 +36,8 @@ def main():
     th = dict(th, rE=th["rE"] * np.exp(0.2 * rng.normal(size=n)),
               dE=th["dE"] * np.exp(0.3 * rng.normal(size=n)))
     times = np.array([0.0, 0.01])
+    if len(sys.argv) > 3 and sys.argv[3] == "arrays":  # every parameter an array of N
+        th = {k: np.broadcast_to(v, (n,)).copy() for k, v in th.items()}
     kw = dict(progress=False, chunk_size=1 << 16)
     small = {k: (v[:1000] if np.ndim(v) else v) for k, v in th.items()}
     ck.simulate(m, small, times, m.regimen(), **kw)  # compiles

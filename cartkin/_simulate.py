@@ -358,7 +358,9 @@ def simulate(
     for k, v in theta.items():
         if not np.all(np.isfinite(v)):
             raise ValueError(f"parameter {k!r} has NaN or infinite values")
-    shared = {k for k, v in theta.items() if v.ndim == 0}  # one value for every patient
+    # one value for every patient (given so, or an array of one value, as a population's
+    # parameters without variability are)
+    shared = {k for k, v in theta.items() if v.ndim == 0 or bool(np.all(v == v[0]))}
     theta = {k: np.broadcast_to(v, (n,)) for k, v in theta.items()}
     if order_by is not None and order_by not in theta:
         raise ValueError(
