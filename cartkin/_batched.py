@@ -215,10 +215,29 @@ def _matvec(M, v):
 
 def _pick(table, k):
     """table[k[p], ..., p] for each patient p; table has a small static leading axis."""
-    out = table[0]
-    for s in range(1, table.shape[0]):
-        out = jnp.where(k == s, table[s], out)
+    return pick_rows(lambda s: table[s], k, table.shape[0])
+
+
+def pick_rows(load, k, count):
+    """``load(k[p])`` for each patient p, for a small static ``count`` of rows."""
+    out = load(0)
+    for s in range(1, count):
+        out = jnp.where(k == s, load(s), out)
     return out
+
+
+def observed(model: ODEModel, times, ys, theta, status):
+    """The outputs (name -> (N, T)) of states ``ys`` (N, T, n) at ``times`` ((T,) or (N, T)),
+    and ``status`` with NONFINITE for a patient whose states or outputs are not all finite."""
+    N, T = ys.shape[:2]
+    out = jax.vmap(lambda t_i, y_i, th_i: jax.vmap(lambda t, y: model.observe(t, y, th_i))(t_i, y_i))(
+        jnp.broadcast_to(times, (N, T)), ys, theta
+    )
+    finite = jnp.all(jnp.isfinite(ys), axis=(1, 2))
+    for v in out.values():
+        finite = finite & jnp.all(jnp.isfinite(v), axis=1)
+    status = jnp.where((status == Status.OK) & ~finite, jnp.int32(Status.NONFINITE), status)
+    return out, status
 
 
 def _depends_on_t(model: ODEModel, n: int, theta) -> bool:
@@ -672,13 +691,7 @@ def solve_batch(
     status = jnp.where((status == OK) & (j < T), jnp.int32(Status.MAX_STEPS), status)
 
     ys = ys[:, :T]  # (N, T, n)
-    out = jax.vmap(lambda t_i, y_i, th_i: jax.vmap(lambda t, y: model.observe(t, y, th_i))(t_i, y_i))(
-        jnp.broadcast_to(times, (N, T)), ys, theta
-    )
-    finite = jnp.all(jnp.isfinite(ys), axis=(1, 2))
-    for v in out.values():
-        finite = finite & jnp.all(jnp.isfinite(v), axis=1)
-    status = jnp.where((status == OK) & ~finite, jnp.int32(Status.NONFINITE), status)
+    out, status = observed(model, times, ys, theta, status)
     if stats:
         return ys, out, status, {"iterations": it, "accepted": acc, "rejected": rej}
     return ys, out, status

@@ -35,6 +35,7 @@ from ._batched import (
     _FAC_MAX,
     _FAC_MIN,
     _SAFETY,
+    _STRUCTURAL,
     RODAS5,
     RosenbrockTableau,
     _colour_columns,
@@ -44,6 +45,8 @@ from ._batched import (
     _matvec,
     iteration_matrix,
     jacobian_pattern,
+    observed,
+    pick_rows,
     segments,
 )
 from ._models.base import ODEModel
@@ -68,35 +71,16 @@ def _is_const(x) -> bool:
     return isinstance(x, (np.generic, np.ndarray, int, float, bool))
 
 
-def _structural(name, params, ins):
-    """Data movement on object arrays (each element one lane vector or constant)."""
-    x = ins[0]
-    if name == "slice":
-        strides = params["strides"] or (1,) * x.ndim
-        idx = tuple(slice(s, e, st) for s, e, st in
-                    zip(params["start_indices"], params["limit_indices"], strides, strict=True))
-        return x[idx]
-    if name == "squeeze":
-        return np.squeeze(x, axis=tuple(params["dimensions"]))
-    if name == "stack":
-        return np.stack(ins, axis=params["axis"])
-    if name == "concatenate":
-        return np.concatenate(ins, axis=params["dimension"])
-    if name == "reshape":
-        return np.reshape(x, params["new_sizes"])
-    if name == "expand_dims":
-        return np.expand_dims(x, params["dimensions"])
-    if name == "transpose":
-        return np.transpose(x, params["permutation"])
-    if name == "rev":
-        return np.flip(x, axis=tuple(params["dimensions"]))
-    if name == "broadcast_in_dim":
-        shape, dims = params["shape"], params["broadcast_dimensions"]
-        src = [1] * len(shape)
-        for d, s in zip(dims, x.shape, strict=True):
-            src[d] = s
-        return np.broadcast_to(np.reshape(x, src), shape)
-    return None
+def _move(eqn, ins):
+    """Data movement (:data:`cartkin._batched._STRUCTURAL`) on object arrays: the primitive
+    itself applied to the elements' numbers (as :func:`cartkin._batched.jacobian_pattern`
+    applies it to indicator arrays), then the elements gathered by number."""
+    offsets = np.cumsum([0] + [x.size for x in ins[:-1]])
+    with jax.ensure_compile_time_eval():  # concrete even inside a jit trace
+        numbers = [np.arange(x.size, dtype=np.int32).reshape(x.shape) + o
+                   for x, o in zip(ins, offsets, strict=True)]
+        moved = np.asarray(eqn.primitive.bind(*numbers, **eqn.params))
+    return np.concatenate([x.ravel() for x in ins])[moved.ravel()].reshape(moved.shape)
 
 
 def lanewise(fn, *example):
@@ -180,13 +164,12 @@ def lanewise(fn, *example):
                 inner = sub if hasattr(sub, "eqns") else sub.jaxpr
                 inner_consts = [] if hasattr(sub, "eqns") else sub.consts
                 outs = run_jaxpr(inner, inner_consts, ins[len(ins) - len(inner.invars):])
+            elif name in _STRUCTURAL and len(eqn.outvars) == 1:  # reductions: above
+                outs = [_move(eqn, ins)]
             else:
-                out = _structural(name, eqn.params, ins) if len(eqn.outvars) == 1 else None
-                if out is None:
-                    raise NotLanewise(
-                        f"the batched GPU kernel cannot split the primitive {name!r} into lanes"
-                    )
-                outs = [out]
+                raise NotLanewise(
+                    f"the batched GPU kernel cannot split the primitive {name!r} into lanes"
+                )
             for v, o in zip(eqn.outvars, outs, strict=True):
                 env[v] = np.asarray(o, object) if not isinstance(o, np.ndarray) else o
         return [read(v) for v in jaxpr.outvars]
@@ -283,14 +266,6 @@ def _lane_step(vf, tab: RosenbrockTableau, n: int, pattern, timed: bool):
         return y_new, jnp.sqrt(err * (1.0 / n))
 
     return step
-
-
-def _pick(load, k, count):
-    """``load(k[p])`` per lane p, for a small static ``count`` of rows."""
-    out = load(0)
-    for s in range(1, count):
-        out = jnp.where(k == s, load(s), out)
-    return out
 
 
 def _any(mask):
@@ -436,12 +411,12 @@ def solve_batch_kernel(
                 def on_fire(a):
                     y, k, th, end, nseg = a
                     kd = jnp.minimum(k, K - 1) if K > 0 else k
-                    y = [jnp.where(fire, y[i] + _pick(lambda s, i=i: dose_ref[s, i, :], kd, Kd),
+                    y = [jnp.where(fire, y[i] + pick_rows(lambda s, i=i: dose_ref[s, i, :], kd, Kd),
                                    y[i]) for i in range(n)]
                     k = k + fire.astype(jnp.int32)
-                    th = [jnp.where(fire, _pick(lambda s, p=p: th_ref[s, p, :], k, n_seg), th[p])
-                          for p in range(P)]
-                    end = jnp.where(fire, _pick(lambda s: end_ref[s, :], k, n_seg), end)
+                    th = [jnp.where(fire, pick_rows(lambda s, p=p: th_ref[s, p, :], k, n_seg),
+                                    th[p]) for p in range(P)]
+                    end = jnp.where(fire, pick_rows(lambda s: end_ref[s, :], k, n_seg), end)
                     nseg = jnp.where(fire, 0, nseg)
                     return y, k, th, end, nseg
 
@@ -519,11 +494,5 @@ def solve_batch_kernel(
 
     ys = jnp.transpose(ys[:, :, :N], (2, 0, 1))  # (N, T, n)
     status, acc, rej = info[0, :N], info[1, :N], info[2, :N]
-    out = jax.vmap(lambda y_i, th_i: jax.vmap(lambda t, y: model.observe(t, y, th_i))(times, y_i))(
-        ys, theta
-    )
-    finite = jnp.all(jnp.isfinite(ys), axis=(1, 2))
-    for v in out.values():
-        finite = finite & jnp.all(jnp.isfinite(v), axis=1)
-    status = jnp.where((status == OK) & ~finite, jnp.int32(Status.NONFINITE), status)
+    out, status = observed(model, times, ys, theta, status)
     return ys, out, status, {"accepted": acc, "rejected": rej}
