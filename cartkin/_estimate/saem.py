@@ -9,10 +9,12 @@ an ODE solver. Step size gamma_k = 1 for the first ``k1`` iterations, then 1/(k 
 ``k2`` iterations. During the first ``anneal`` iterations variances may shrink by at most 5% per
 iteration (simulated annealing) so the chains explore before Omega contracts.
 
-Each iteration is two jitted programs: the E-step, per subject and split over the local devices
-(``cartkin._devices.over_subjects``: on a CPU each core is a host device, and an ODE solve loop
-runs on one core), and the rest (statistics, M-step) on one device. Every subject draws from its
-own random key, so the chains do not depend on the split.
+A block of iterations (``SAEMOptions.block``) is one jitted program, a scan over them: the
+E-step per subject and split over the local devices (``cartkin._devices.over_subjects``: on a
+CPU each core is a host device, and an ODE solve loop runs on one core), then the rest
+(statistics, M-step) on every device, on the subjects' arrays gathered there, so nothing goes
+through the host between iterations. Every subject draws from its own random key, so the chains
+do not depend on the split.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class SAEMOptions:
 
 
 SUBJECT = ("phi", "f", "ok", "ll", "s_rw", "s_comp")  # the per-subject part of the state
+START, SKIP = -1, -2  # iteration numbers of a block: the start's E-step, nothing
 
 
 def saem_settings(settings, options: SAEMOptions):
@@ -74,27 +77,27 @@ def make_saem(stat, predict_draws, data, X, options: SAEMOptions, codes):
     """Build ``init(params0) -> state`` and ``run_block(state, ks) -> (state, trace)``."""
     N, d = data["time"].shape[0], len(stat.iiv)
     # the E-step is split over the devices when it runs solver loops: measured on the 2-core CPU,
-    # 200 subjects, SAEM of the Stein ODE form 8.0 -> 6.5 s on two devices, but of the closed
-    # form 1.8 -> 2.4 s (each iteration's transfers cost more than its E-step saves)
+    # 200 subjects, SAEM of the Stein ODE form 8.0 -> 6.5 s on two devices (with a program per
+    # E-step and per M-step; 3.4 -> 2.7 s warm as one program per block). The closed form's
+    # E-step gained nothing from the split (1.0-1.1 s either way, one program per block; 1.8 ->
+    # 2.4 s with transfers between the two programs of each iteration)
     solver_loops = getattr(predict_draws, "lanes", None) is not None
     split_ok = getattr(predict_draws, "split", False) and solver_loops
     devices = subject_devices(split_ok)
     n_dev = len(devices)
-    one = devices[0]
     # the subjects' arrays padded to a multiple of the device count (copies of the last subject,
     # left out of every sum)
     data_pad = pad_subjects({k: np.asarray(v) for k, v in data.items()}, n_dev)
     X_pad_host = pad_subjects(np.asarray(X, float), n_dev)
-    X_pad = jax.device_put(X_pad_host)
-    idx_pad = np.arange(X_pad.shape[0])
+    idx_pad = np.arange(X_pad_host.shape[0])
+    whole = None  # on several devices: every array on all of them
     if n_dev > 1:
         mesh = jax.sharding.Mesh(np.asarray(devices), ("subjects",))
-        split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("subjects"))
         whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     # constants of the programs below, computed on the host (eager device operations would each
     # be a small program to trace and load)
     X_host = np.asarray(X, float)  # (N, d, P)
-    X = jax.device_put(X_host)
+    X = X_host  # (a constant of the programs below, on every device)
     P = X.shape[2]
     colmask = np.any(X_host != 0, axis=0)  # (d, P)
     XtX = np.einsum("njp,njq->jpq", X_host, X_host) + np.eye(P) * (~colmask)[:, :, None]
@@ -161,7 +164,6 @@ def make_saem(stat, predict_draws, data, X, options: SAEMOptions, codes):
         st, _ = jax.lax.scan(kernel, st, (schedule, jnp.moveaxis(zz, 1, 0)))
         return tuple(st[k] for k in SUBJECT)
 
-    @jit
     def e_step(key, subj, mu, L, sd, sa, sp):
         return over_subjects(e_local, (idx_pad, *subj, mu, data_pad), (key, L, sd, sa, sp),
                              devices)
@@ -203,14 +205,14 @@ def make_saem(stat, predict_draws, data, X, options: SAEMOptions, codes):
     def e_inputs(params):
         """What the E-step needs of the parameters: mu (padded), L, the IIV SDs, the residual
         SDs (numpy for numpy parameters: the host-side start makes no device program)."""
-        xp, Xp = (np, X_pad_host) if isinstance(params["beta"], np.ndarray) else (jnp, X_pad)
+        xp = np if isinstance(params["beta"], np.ndarray) else jnp
+        Xp = X_pad_host
         sa, sp = sigma_per_endpoint(stat.endpoints, xp.exp(params["log_sigma"]))
         mu = xp.einsum("njp,jp->nj", Xp, params["beta"])
         return mu, params["chol"], xp.sqrt(xp.diag(params["omega"])), sa, sp
 
-    @jit
     def m_step_all(state, subj, k):
-        """Everything after the E-step of iteration k (one device)."""
+        """Everything after the E-step of iteration k."""
         st = dict(state, **dict(zip(SUBJECT, subj)))
         params = state["params"]
         phi = st["phi"][:N]
@@ -237,26 +239,41 @@ def make_saem(stat, predict_draws, data, X, options: SAEMOptions, codes):
                  "log_sigma": ls_new, "ll": jnp.sum(jnp.where(jnp.isfinite(ll_i), ll_i, 0.0))}
         return st, trace
 
-    def to_devices(key, subj, e_in):
-        """The E-step's inputs laid out over the devices (per-subject arrays split)."""
-        if n_dev == 1:
-            return key, subj, e_in
-        mu, *rest = e_in
-        return (jax.device_put(key, whole), jax.device_put(subj, split),
-                (jax.device_put(mu, split), *jax.device_put(tuple(rest), whole)))
+    def iteration(state, k):
+        """SAEM iteration k (k = START: the E-step at the start, whose proposals are the chains'
+        starting values, and no M-step; k = SKIP: nothing)."""
+
+        def run(state):
+            subj = e_step(state["sub"], tuple(state[n] for n in SUBJECT), *state["e_in"])
+            st, trace = m_step_all(state, subj, k)
+            # the start: the predictions at the starting values (the chains, their scales and
+            # the keys stay as they are: the zero-width proposals do not depend on the key)
+            _, f, ok, ll, _, _ = subj
+            st0 = dict(state, f=f, ok=ok, ll=ll, e_in=e_inputs(state["params"]))
+            st = jax.tree.map(lambda a, b: jnp.where(k == START, a, b), st0, st)
+            return st, trace
+
+        def skip(state):
+            return state, {"beta0": jnp.zeros(d), "omega_diag": jnp.zeros(d),
+                           "log_sigma": jnp.zeros(n_free), "ll": jnp.zeros(())}
+
+        return jax.lax.cond(k == SKIP, skip, run, state)
+
+    @jit
+    def block(state, ks):
+        """SAEM iterations ``ks`` in one program: the E-step split over the devices, the rest
+        on each (no transfer between iterations)."""
+        state, trace = jax.lax.scan(iteration, state, ks)
+        if n_dev > 1:  # laid out as it came in (else the next block compiles again)
+            state = jax.lax.with_sharding_constraint(state, whole)
+        return state, trace
 
     def run_block(state, ks):
-        """SAEM iterations ``ks`` (an integer array); returns the state and the stacked trace."""
-        traces = []
-        for k in ks:
-            key, subj, e_in = to_devices(state["sub"], tuple(state[n] for n in SUBJECT),
-                                         state["e_in"])
-            subj = e_step(key, subj, *e_in)
-            if n_dev > 1:
-                subj = jax.device_put(subj, one)
-            state, tr = m_step_all(state, subj, k)
-            traces.append(tr)
-        return state, jax.tree.map(lambda *a: np.stack([np.asarray(x) for x in a]), *traces)
+        """SAEM iterations ``ks`` (an integer array of ``options.block``, SKIP-padded); returns
+        the state and the stacked trace of the iterations run."""
+        ks = np.asarray(ks, np.int32)
+        state, trace = block(state, ks)
+        return state, jax.tree.map(lambda a: np.asarray(a)[ks >= 0], trace)
 
     def init(beta0, omega0, log_sigma0):
         # on the host: eager device operations would each be a small program
@@ -269,28 +286,26 @@ def make_saem(stat, predict_draws, data, X, options: SAEMOptions, codes):
         s_rw0, s_comp0 = np.full((n_pad,), 0.5), np.full((n_pad, d), 1.0)
         # the predictions at phi0: one E-step whose every proposal is phi0 (a zero-width
         # population distribution; the chains start at log-likelihood -inf, so the first
-        # kernel's solve is accepted wherever it succeeds), so that the model solve is
-        # traced and compiled once, inside e_step
+        # kernel's solve is accepted wherever it succeeds), run as a block's START iteration so
+        # that the model solve is traced and compiled once
         width = np.full((d,), 1e-300)
-        start = (phi0, np.zeros(data_pad["time"].shape), np.zeros(n_pad, bool),
-                 np.full((n_pad,), -np.inf), s_rw0, s_comp0)
-        start, e_in0 = _strong((start, (phi0, np.diag(width), width, sa, sp)))
-        key0, subj0, e_in0 = to_devices(jax.random.PRNGKey(options.seed), start, e_in0)
-        _, f0, ok0, ll0, _, _ = e_step(key0, subj0, *e_in0)
-        if n_dev > 1:
-            f0, ok0, ll0 = jax.device_put((f0, ok0, ll0), one)
         key, sub = jax.random.split(jax.random.PRNGKey(options.seed))
         state = {
-            "phi": phi0, "f": f0, "ok": ok0, "ll": ll0,
-            "s_rw": s_rw0, "s_comp": s_comp0,
+            "phi": phi0, "f": np.zeros(data_pad["time"].shape), "ok": np.zeros(n_pad, bool),
+            "ll": np.full((n_pad,), -np.inf), "s_rw": s_rw0, "s_comp": s_comp0,
             "stats": {"B": np.einsum("njp,nk->jpk", X_host, phi0[:N]),
                       "S2": phi0[:N].T @ phi0[:N]},
             "params": params, "post_m": np.zeros((N, d)), "post_s": np.zeros((N, d, d)),
-            "key": key, "sub": sub, "e_in": e_in,
+            "key": key, "sub": sub,
+            "e_in": (phi0, np.diag(width), width, sa, sp),
         }
         # strong types throughout, so that every block reuses one compilation; on several
-        # devices, laid out as m_step_all returns it (else its second call traces it again)
+        # devices, every array on all of them (the E-step takes its share of each subject array)
         state = _strong(state)
-        return jax.device_put(state, one) if n_dev > 1 else state
+        if n_dev > 1:
+            state = jax.device_put(state, whole)
+        ks = np.full(options.block, SKIP, np.int32)
+        ks[0] = START
+        return run_block(state, ks)[0]
 
     return init, run_block, n_free
