@@ -42,13 +42,15 @@ def test_pareto_k_from_kept_tail_equals_arviz_on_all_weights():
 
 
 def _row_sums(lw, g):
-    """What the weighing returns for one row of draws: sums scaled by the row's largest weight."""
+    """What the weighing returns for one row of draws: sums scaled by the row's largest weight
+    (the control variate v, here exp(g[:, 0]), unscaled)."""
     fin = np.isfinite(lw)
     lmax = lw.max() if fin.any() else 0.0
     w = np.exp(lw - lmax)
+    v = np.exp(g[:, 0])
     return {"lmax": lmax, "W": w.sum(), "W2": (w**2).sum(),
             "n_fail": np.array([(~fin).sum(), 0, 0]), "best_lw": lw.max(), "best": g[np.argmax(lw), :2], "lw": lw, "G": w @ g,
-            "GG": np.einsum("m,mi,mj->ij", w, g, g)}
+            "GG": np.einsum("m,mi,mj->ij", w, g, g), "V": v.sum(), "V2": (v**2).sum(), "WV": w @ v}
 
 
 def test_chunk_rows_merge_into_the_sums_of_all_their_draws():
@@ -69,9 +71,11 @@ def test_chunk_rows_merge_into_the_sums_of_all_their_draws():
         lw_i, g_i = lw[col == i].ravel(), g[col == i].reshape(-1, 4)
         ref = _row_sums(lw_i, g_i)
         scale = np.exp(merged["lmax"][i] - ref["lmax"])
-        for key in ("W", "G", "GG"):
+        for key in ("W", "G", "GG", "WV"):
             np.testing.assert_allclose(merged[key][i] * scale, ref[key], rtol=1e-12)
         np.testing.assert_allclose(merged["W2"][i] * scale**2, ref["W2"], rtol=1e-12)
+        for key in ("V", "V2"):
+            np.testing.assert_allclose(merged[key][i], ref[key], rtol=1e-12)
         assert merged["best_lw"][i] == ref["best_lw"]
         np.testing.assert_array_equal(merged["best"][i], ref["best"])
         assert merged["n_fail"][i][0] == ref["n_fail"][0]
