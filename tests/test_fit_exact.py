@@ -187,29 +187,49 @@ def test_covariate_effect_and_omega_block_reach_the_exact_maximum():
     assert "C0~WT" in t.index and "omega(k,C0)" in t.index
 
 
-def test_reweighted_draws_give_the_exact_score_at_a_polishing_step(fitted):
-    """A polishing step weighs the first pass's draws (and solves) again at the new parameters:
-    the score it gets there equals the exact gradient of the log-likelihood, as a fresh pass's
-    does, to its Monte Carlo error (a few hundredths of the score's scale sqrt(I_jj))."""
+def _sampler(res, options):
+    """The importance sampler of the exact problem, the fit's parameters as its psi -> params,
+    and a proposal at the fit's conditional means and SDs of phi = (log C0, k)."""
     from cartkin._estimate.importance import make_importance_sampler
     from cartkin._likelihood import data_arrays, kind_codes, make_draws_predictor
 
-    res, opt, logy = fitted
     data, _ = _cohort()
     stat = StatModel(MonoExp(), (Endpoint("C"),), iiv=("C0", "k"))
     X = stat.design_matrix(data)
     sample = make_importance_sampler(stat, make_draws_predictor(stat), data_arrays(data), X,
-                                     kind_codes(stat.endpoints), ISOptions(seed=8))
-    H = _num_hessian(lambda p: _exact_m2ll(p, logy), opt.x) / 2
+                                     kind_codes(stat.endpoints), options)
 
     def params(psi):
         beta = np.zeros((2, X.shape[2]))
         beta[:, 0] = psi[:2]
         return {"beta": beta, "omega": np.diag(psi[2:4]), "log_sigma": psi[4:]}
 
-    # the proposal at the fit's conditional means and SDs of phi = (log C0, k)
     post_mean = np.stack([np.log(res.ebe["C0"]), res.ebe["k"]], 1)
     post_cov = np.stack([np.diag(v) for v in res.ebe[["ETA1_sd", "ETA2_sd"]].to_numpy() ** 2])
+    return sample, params, post_mean, post_cov
+
+
+def test_a_pass_that_gives_the_information_draws_as_many_as_the_information_pass(fitted):
+    """With a loose -2LL target the -2LL pass stops at its minimum of draws; where that pass also
+    gives the information and score (after reweighted polishing steps) every subject gets at
+    least the information pass's draws. Both -2LLs match the exact one."""
+    res, opt, logy = fitted
+    options = ISOptions(seed=8, target_se=5.0)
+    sample, params, post_mean, post_cov = _sampler(res, options)
+    exact = _exact_m2ll(opt.x, logy)
+    for fresh, least in ((False, options.min_draws), (True, options.louis_draws)):
+        r = sample(params(opt.x), post_mean, post_cov, fresh_information=fresh)
+        assert r["draws_i"].min() == least
+        assert abs(r["m2ll"] - exact) < 4 * r["m2ll_se"] + 0.05
+
+
+def test_reweighted_draws_give_the_exact_score_at_a_polishing_step(fitted):
+    """A polishing step weighs the first pass's draws (and solves) again at the new parameters:
+    the score it gets there equals the exact gradient of the log-likelihood, as a fresh pass's
+    does, to its Monte Carlo error (a few hundredths of the score's scale sqrt(I_jj))."""
+    res, opt, logy = fitted
+    sample, params, post_mean, post_cov = _sampler(res, ISOptions(seed=8))
+    H = _num_hessian(lambda p: _exact_m2ll(p, logy), opt.x) / 2
     first = sample(params(opt.x), post_mean, post_cov, m2ll=False)
     assert first["drawn"] is not None  # small problem: the draws are kept
     # a Newton-sized step: half a standard error in every parameter
