@@ -697,11 +697,12 @@ def cv_mean(W, W2, V, V2, WV, m):
     and of w v (``WV``).
 
     The regression estimator mean(w) - b (mean(v) - 1), b = cov(w, v) / var(v), whose variance
-    is var(w) (1 - corr(w, v)^2) / m (Owen, *Monte Carlo theory, methods and examples*, 8.9;
-    its bias is O(1/m)). With g the normal of a subject's conditional moments the weights of a
-    nearly normal conditional distribution follow v closely: on the bundled 200-subject Stein
-    cohort the -2LL's Monte Carlo variance fell to a third. The plain mean of w where var(v) is
-    0 or the estimate is not positive; infinite variance for a subject without draws."""
+    is var(w) (1 - corr(w, v)^2) / m (its bias is O(1/m); Owen, *Monte Carlo theory, methods
+    and examples*, on control variates). With g the normal of a subject's conditional moments
+    the weights of a nearly normal conditional distribution follow v closely: on the bundled
+    200-subject Stein cohort the -2LL's Monte Carlo variance fell to a third. The plain mean of
+    w where var(v) is 0 or the estimate is not positive; infinite variance for a subject without
+    draws."""
     with np.errstate(divide="ignore", invalid="ignore"):
         w_bar, v_bar = W / m, V / m
         var_w = np.maximum(W2 / m - w_bar**2, 0.0)
