@@ -426,10 +426,13 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         epp = acc["PP"] / acc["W"][:, None, None]
         return ebe, epp, epp - ebe[:, :, None] * ebe[:, None, :]
 
+    def estimate(acc, m):
+        """Per subject after m draws: its likelihood's estimate (scaled by exp(-lmax)) and the
+        variance of its log (:func:`cv_mean`)."""
+        return cv_mean(*(acc[k] for k in ("W", "W2", "V", "V2", "WV")), m)
+
     def var_log(acc, m):
-        """Per subject: the variance of the log of its likelihood's estimate after m draws
-        (:func:`cv_mean`)."""
-        return cv_mean(*(acc[k] for k in ("W", "W2", "V", "V2", "WV")), m)[1]
+        return estimate(acc, m)[1]
 
     def mc_se(acc, m):
         return 2 * np.sqrt(var_log(acc, m).sum())
@@ -649,8 +652,7 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
             khat, widened = np.full(N, np.nan), np.zeros(N, int)
         se = mc_se(acc, m_total)
         W = acc["W"]
-        loglik_i = np.log(cv_mean(*(acc[k] for k in ("W", "W2", "V", "V2", "WV")),
-                                  m_total)[0]) + acc["lmax"]
+        loglik_i = np.log(estimate(acc, m_total)[0]) + acc["lmax"]
         # information, score and EBEs: from the -2LL pass's own draws, or from pass 1
         acc_i = lacc if m2ll and not fresh_information else acc
         if acc_i is not lacc:

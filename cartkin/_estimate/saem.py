@@ -85,10 +85,11 @@ def make_saem(stat, predict_draws, data, X, options: SAEMOptions, codes):
     split_ok = getattr(predict_draws, "split", False) and solver_loops
     devices = subject_devices(split_ok)
     n_dev = len(devices)
+    X_host = np.asarray(X, float)  # (N, d, P): a constant of the programs below, on every device
     # the subjects' arrays padded to a multiple of the device count (copies of the last subject,
     # left out of every sum)
     data_pad = pad_subjects({k: np.asarray(v) for k, v in data.items()}, n_dev)
-    X_pad_host = pad_subjects(np.asarray(X, float), n_dev)
+    X_pad_host = pad_subjects(X_host, n_dev)
     idx_pad = np.arange(X_pad_host.shape[0])
     whole = None  # on several devices: every array on all of them
     if n_dev > 1:
@@ -96,9 +97,7 @@ def make_saem(stat, predict_draws, data, X, options: SAEMOptions, codes):
         whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     # constants of the programs below, computed on the host (eager device operations would each
     # be a small program to trace and load)
-    X_host = np.asarray(X, float)  # (N, d, P)
-    X = X_host  # (a constant of the programs below, on every device)
-    P = X.shape[2]
+    P = X_host.shape[2]
     colmask = np.any(X_host != 0, axis=0)  # (d, P)
     XtX = np.einsum("njp,njq->jpq", X_host, X_host) + np.eye(P) * (~colmask)[:, :, None]
     XtX_inv = np.linalg.inv(XtX)
@@ -206,9 +205,8 @@ def make_saem(stat, predict_draws, data, X, options: SAEMOptions, codes):
         """What the E-step needs of the parameters: mu (padded), L, the IIV SDs, the residual
         SDs (numpy for numpy parameters: the host-side start makes no device program)."""
         xp = np if isinstance(params["beta"], np.ndarray) else jnp
-        Xp = X_pad_host
         sa, sp = sigma_per_endpoint(stat.endpoints, xp.exp(params["log_sigma"]))
-        mu = xp.einsum("njp,jp->nj", Xp, params["beta"])
+        mu = xp.einsum("njp,jp->nj", X_pad_host, params["beta"])
         return mu, params["chol"], xp.sqrt(xp.diag(params["omega"])), sa, sp
 
     def m_step_all(state, subj, k):
@@ -217,7 +215,7 @@ def make_saem(stat, predict_draws, data, X, options: SAEMOptions, codes):
         params = state["params"]
         phi = st["phi"][:N]
         gamma = jnp.where(k < options.k1, 1.0, 1.0 / (k - options.k1 + 1.0))
-        B_new = jnp.einsum("njp,nk->jpk", X, phi)
+        B_new = jnp.einsum("njp,nk->jpk", X_host, phi)
         S2_new = phi.T @ phi
         stats = {"B": st["stats"]["B"] + gamma * (B_new - st["stats"]["B"]),
                  "S2": st["stats"]["S2"] + gamma * (S2_new - st["stats"]["S2"])}
