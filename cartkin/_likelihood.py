@@ -146,6 +146,12 @@ def residual_loglik_sigma_derivatives(endpoints, data_i, f, log_sigma):
     gradient (n_s,) and Hessian (n_s, n_s) in the free log residual SDs ``log_sigma``
     (:func:`sigma_layout`'s order): what Louis's formula needs per draw, in one pass.
 
+    ``f``: the predictions (T,), or a batch of them with the records first (T, B): the results
+    then have the batch's shape in front ((B,), (B, n_s), (B, n_s, n_s)). On the CPU, XLA
+    vectorises an element-wise computation along the last axis: with the draws there (250)
+    rather than the records (about 13) the weighing of an importance-sampling chunk ran 2.3x
+    faster (``benchmarks/residual_loglik.py``).
+
     Per record the log-likelihood depends on sigma only through s = log sd: uncensored,
     l = -z^2/2 - s + c with z = (y - m) e^-s, so dl/ds = z^2 - 1 and d2l/ds2 = -2 z^2; censored,
     l = log Phi(u) with u = +-(limit - m) e^-s, so dl/ds = -u lam and d2l/ds2 = u lam (1 - u (u +
@@ -160,10 +166,16 @@ def residual_loglik_sigma_derivatives(endpoints, data_i, f, log_sigma):
     codes = kind_codes(endpoints)
     log_only = bool(np.all(codes == 0))
     sa, sp = sigma_per_endpoint(endpoints, jnp.exp(log_sigma))
-    ep, mask, cens = data_i["endpoint"], data_i["mask"], data_i["cens"]
-    kind, sa, sp = jnp.asarray(codes)[ep], sa[ep], sp[ep]
-    sd, z, u, l_obs, l_cen = _record_terms(kind, data_i["dv"], f, cens, data_i["limit"], sa, sp,
-                                           mask, log_only)
+    batch = (1,) * (jnp.ndim(f) - 1)  # the records' arrays against a batch of predictions
+
+    def per_record(a):
+        return jnp.reshape(a, jnp.shape(a)[:1] + batch + jnp.shape(a)[1:])
+
+    ep = data_i["endpoint"]
+    mask, cens = per_record(data_i["mask"]), per_record(data_i["cens"])
+    kind, sa, sp = (per_record(a) for a in (jnp.asarray(codes)[ep], sa[ep], sp[ep]))
+    sd, z, u, l_obs, l_cen = _record_terms(kind, per_record(data_i["dv"]), f, cens,
+                                           per_record(data_i["limit"]), sa, sp, mask, log_only)
     lam = jnp.exp(-0.5 * u**2 - 0.5 * np.log(2 * np.pi) - l_cen)
     obs = mask & (cens == 0)
     cen = mask & (cens != 0)
@@ -172,16 +184,18 @@ def residual_loglik_sigma_derivatives(endpoints, data_i, f, log_sigma):
     l_ss = jnp.where(obs, -2.0 * z**2, jnp.where(cen, u * lam * (1.0 - u * (u + lam)), 0.0))
     Ea_r, Ep_r = jnp.asarray(Ea)[ep], jnp.asarray(Ep)[ep]  # (T, n_s)
     if log_only:  # s = log sigma_add: wa = 1, wp = 0
-        return ll.sum(), l_s @ Ea_r, jnp.einsum("t,ti,tj->ij", l_ss, Ea_r, Ea_r)
+        return (ll.sum(0), jnp.einsum("t...,ti->...i", l_s, Ea_r),
+                jnp.einsum("t...,ti,tj->...ij", l_ss, Ea_r, Ea_r))
     wa = jnp.where(kind == 3, sa**2 / sd**2, jnp.where(kind == 2, 0.0, 1.0))
     wp = 1.0 - wa
     comb = jnp.where(kind == 3, 2.0 * wa * wp, 0.0)
-    ds = wa[:, None] * Ea_r + wp[:, None] * Ep_r
+    Ea_b, Ep_b = per_record(Ea_r), per_record(Ep_r)
+    ds = wa[..., None] * Ea_b + wp[..., None] * Ep_b  # (T, B, n_s)
     dd = Ea_r - Ep_r  # the combined error's second derivative: 2 wa wp dd dd'
-    grad = l_s @ ds
-    hess = (jnp.einsum("t,ti,tj->ij", l_ss, ds, ds)
-            + jnp.einsum("t,ti,tj->ij", l_s * comb, dd, dd))
-    return ll.sum(), grad, hess
+    grad = jnp.einsum("t...,t...i->...i", l_s, ds)
+    hess = (jnp.einsum("t...,t...i,t...j->...ij", l_ss, ds, ds)
+            + jnp.einsum("t...,ti,tj->...ij", l_s * comb, dd, dd))
+    return ll.sum(0), grad, hess
 
 
 def log_ndtr(z):

@@ -121,3 +121,21 @@ def test_residual_sigma_derivatives_match_autodiff_and_differences():
     np.testing.assert_allclose(H, fd_H, rtol=1e-4, atol=1e-2)
     # log SDs: additive of C, A, D, then proportional of A, B; the combined error (A) couples
     assert np.abs(H[1, 3]) > 1.0 and H[1, 2] == 0.0
+    # a batch of predictions with the records first (T, B), as importance sampling passes its
+    # draws: each column's results are those of the single prediction
+    fb = f[:, None] * jnp.asarray(np.exp(rng.normal(0.0, 0.3, (T, 7))))
+    vb, gb, Hb = residual_loglik_sigma_derivatives(eps, data_i, fb, ls)
+    assert vb.shape == (7,) and gb.shape == (7, 5) and Hb.shape == (7, 5, 5)
+    for j in range(7):
+        v1, g1, H1 = residual_loglik_sigma_derivatives(eps, data_i, fb[:, j], ls)
+        np.testing.assert_allclose(vb[j], v1, rtol=1e-13)
+        np.testing.assert_allclose(gb[j], g1, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(Hb[j], H1, rtol=1e-12, atol=1e-12)
+    # every endpoint log-additive (a program of its own: the SD does not depend on f)
+    data_log = dict(data_i, endpoint=jnp.zeros(T, int))
+    vb, gb, Hb = residual_loglik_sigma_derivatives(eps[:1], data_log, fb, ls[:1])
+    for j in range(7):
+        v1, g1, H1 = residual_loglik_sigma_derivatives(eps[:1], data_log, fb[:, j], ls[:1])
+        np.testing.assert_allclose(vb[j], v1, rtol=1e-13)
+        np.testing.assert_allclose(gb[j], g1, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(Hb[j], H1, rtol=1e-12, atol=1e-12)

@@ -243,9 +243,9 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
             lv = eta_logprior(phi_i - g_m, g_L) - lq
             v = jnp.where(jnp.isfinite(lv), jnp.exp(lv), 0.0)
             # the residual log-likelihood of each draw, and for Louis's formula its score and
-            # Hessian in log sigma from the same pass (unused without: XLA drops them)
-            lr, gr, hr = jax.vmap(lambda fi: residual_loglik_sigma_derivatives(
-                stat.endpoints, data_i, fi, ls))(f)
+            # Hessian in log sigma from the same pass (unused without: XLA drops them); the
+            # draws on the last axis, where the CPU vectorises
+            lr, gr, hr = residual_loglik_sigma_derivatives(stat.endpoints, data_i, f.T, ls)
             lc = lr + lprior
             lw = jnp.where(ok & jnp.isfinite(lc), lc - lq, -jnp.inf)
             fin = jnp.isfinite(lw)
