@@ -148,9 +148,9 @@ def residual_loglik_sigma_derivatives(endpoints, data_i, f, log_sigma):
 
     ``f``: the predictions (T,), or a batch of them with the records first (T, B): the results
     then have the batch's shape in front ((B,), (B, n_s), (B, n_s, n_s)). On the CPU, XLA
-    vectorises an element-wise computation along the last axis: with the draws there (250)
-    rather than the records (about 13) the weighing of an importance-sampling chunk ran 2.3x
-    faster (``benchmarks/residual_loglik.py``).
+    vectorises an element-wise computation along the last axis: with 250 draws there rather
+    than the bundled cohort's 13 records, these terms took 2.3x fewer seconds (the same at 12 or
+    16 records, multiples of the vector width: ``benchmarks/residual_loglik.py``).
 
     Per record the log-likelihood depends on sigma only through s = log sd: uncensored,
     l = -z^2/2 - s + c with z = (y - m) e^-s, so dl/ds = z^2 - 1 and d2l/ds2 = -2 z^2; censored,
