@@ -338,7 +338,7 @@ class StatModel:
 
     def phi_from_theta(self, theta: Mapping[str, float]) -> np.ndarray:
         return np.array(
-            [float(to_unconstrained(d, jnp.asarray(float(theta[k])))) for k, d in zip(self.iiv, self.domains)]
+            [float(to_unconstrained(d, float(theta[k]))) for k, d in zip(self.iiv, self.domains)]
         )
 
 

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.special
 
 from ._models.base import Model
 
@@ -40,24 +41,31 @@ def domain_bounds(domain: str) -> tuple[float, float] | None:
 
 def to_unconstrained(domain: str, x):
     """Natural-scale transform of a parameter value (log, logit, logit on (lower, upper), or
-    identity)."""
+    identity); numpy for a Python or numpy number (host-side set-up: no device program)."""
+    xp = np if _on_host(x) else jnp
     if domain == "positive":
-        return jnp.log(x)
+        return xp.log(x)
     if domain == "unit":
-        return jnp.log(x) - jnp.log1p(-x)
+        return xp.log(x) - xp.log1p(-x)
     if (ab := domain_bounds(domain)) is not None:
-        return jnp.log(x - ab[0]) - jnp.log(ab[1] - x)
+        return xp.log(x - ab[0]) - xp.log(ab[1] - x)
     return x
 
 
+def _on_host(x) -> bool:
+    """A Python or numpy number: transformed with numpy (no device program)."""
+    return isinstance(x, (float, int, np.ndarray, np.generic))
+
+
 def from_unconstrained(domain: str, u):
-    """Inverse of :func:`to_unconstrained`."""
+    """Inverse of :func:`to_unconstrained` (numpy for a Python or numpy number)."""
+    exp, sigmoid = (np.exp, scipy.special.expit) if _on_host(u) else (jnp.exp, jax.nn.sigmoid)
     if domain == "positive":
-        return jnp.exp(u)
+        return exp(u)
     if domain == "unit":
-        return jax.nn.sigmoid(u)
+        return sigmoid(u)
     if (ab := domain_bounds(domain)) is not None:
-        return ab[0] + (ab[1] - ab[0]) * jax.nn.sigmoid(u)
+        return ab[0] + (ab[1] - ab[0]) * sigmoid(u)
     return u
 
 

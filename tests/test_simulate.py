@@ -266,3 +266,22 @@ def test_sharded_equals_unsharded():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert "SHARDED-OK" in out.stdout, out.stderr[-3000:]
+
+
+def test_parameter_transforms_on_the_host_equal_the_device_ones():
+    """A numpy value is transformed with numpy (host-side set-up makes no device program): the
+    same numbers as the jax transform, in every domain, both ways."""
+    from cartkin._population import from_unconstrained, interval_domain, to_unconstrained
+
+    u = np.linspace(-8.0, 8.0, 17)
+    for dom in ("positive", "unit", interval_domain(1.0, 40.0), "real"):
+        x = from_unconstrained(dom, u)
+        assert isinstance(x, np.ndarray)
+        np.testing.assert_allclose(x, np.asarray(from_unconstrained(dom, jnp.asarray(u))),
+                                   rtol=1e-14)
+        back = to_unconstrained(dom, x)
+        assert isinstance(back, np.ndarray)
+        np.testing.assert_allclose(back, np.asarray(to_unconstrained(dom, jnp.asarray(x))),
+                                   rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(back, u, atol=1e-9)
+        assert isinstance(to_unconstrained(dom, float(x[3])), (float, np.floating))

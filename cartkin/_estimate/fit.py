@@ -12,7 +12,6 @@ import time
 from collections.abc import Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
@@ -476,7 +475,7 @@ def ebe_frame(stat, data, res, X, params) -> pd.DataFrame:
     mu = np.einsum("njp,jp->nj", X, params["beta"])
     df = pd.DataFrame({"ID": data.ids})
     for j, (k, dom) in enumerate(zip(stat.iiv, stat.domains)):
-        df[k] = np.asarray(from_unconstrained(dom, jnp.asarray(res["ebe"][:, j])))
+        df[k] = from_unconstrained(dom, np.asarray(res["ebe"][:, j]))
         df[f"ETA{j + 1}"] = res["ebe"][:, j] - mu[:, j]
         df[f"ETA{j + 1}_sd"] = res["ebe_sd"][:, j]
     df["ess"] = res["ess"]
