@@ -355,6 +355,11 @@ def make_report(
                     _fmt(len(conv["pareto_k_redrawn"])) if "pareto_k_redrawn" in conv else "",
                 ),
                 (
+                    "subjects whose proposal was refitted to their weighted draws (Pareto k > 0.7 "
+                    "after the wider draws)",
+                    _fmt(len(conv["pareto_k_refit"])) if "pareto_k_refit" in conv else "",
+                ),
+                (
                     "subjects with several conditional modes (mixture proposal)",
                     _fmt(len(conv["multimodal_subjects"])) if "multimodal_subjects" in conv
                     else "",

@@ -8,6 +8,7 @@ them must equal arviz's ``psislw`` on all the weights, and must tell a heavy tai
 
 import arviz as az
 import numpy as np
+import pytest
 
 from cartkin._estimate.importance import largest, merge_rows, pareto_k
 
@@ -143,10 +144,18 @@ def test_heavy_tailed_subjects_draw_again_from_a_wider_proposal(monkeypatch):
             stat.design_matrix(data), params, start, narrow, kind_codes(stat.endpoints),
             ISOptions(seed=5, louis_draws=250, mode_iterations=0, target_se=0.3))
     monkeypatch.setattr(imp, "WIDEN_ROUNDS", 0)
+    monkeypatch.setattr(imp, "REFIT_ROUNDS", 0)
     before = importance_sample(*args)
+    # without widening, the subjects above 0.7 refit their proposals to their weighted draws
+    monkeypatch.setattr(imp, "REFIT_ROUNDS", 1)
+    refitted = importance_sample(*args)
     monkeypatch.undo()
     after = importance_sample(*args)
     assert (before["pareto_k"] > 0.7).sum() >= 10
+    heavy = set(np.flatnonzero(before["pareto_k"] > 0.7))
+    assert set(np.flatnonzero(refitted["refit"] > 0)) >= heavy
+    assert np.nanmax(refitted["pareto_k"]) <= 0.7
+    assert abs(refitted["m2ll"] - opt.fun) < 3 * refitted["m2ll_se"] + 0.05
     assert np.nanmax(after["pareto_k"]) <= 0.7
     assert set(np.flatnonzero(after["widened"] > 0)) >= set(np.flatnonzero(before["pareto_k"] > 0.7))
     assert abs(after["m2ll"] - opt.fun) < 3 * after["m2ll_se"] + 0.05
@@ -159,3 +168,41 @@ def test_heavy_tailed_subjects_draw_again_from_a_wider_proposal(monkeypatch):
     assert len(logy) // 4 in sizes
     assert np.nanmax(small["pareto_k"]) <= 0.7
     assert abs(small["m2ll"] - opt.fun) < 3 * small["m2ll_se"] + 0.05
+
+
+def test_refit_mixture_finds_both_components_of_a_weighted_sample():
+    """A proposal refitted to weighted draws: draws from a broad normal weighed to a known
+    two-component normal mixture (one component holding 10%, 6 SDs from the other) give its
+    means, weights and covariances (plus the floor: a tenth of the weighted draws'
+    covariance)."""
+    from scipy.stats import multivariate_normal as mvn
+
+    from cartkin._estimate.importance import INFLATE, refit_mixture
+
+    rng = np.random.default_rng(11)
+    d, n = 3, 200_000
+    cov0 = np.eye(d) * 4.0
+    x = rng.multivariate_normal(np.zeros(d), cov0, n)
+    m1, m2 = np.zeros(d), np.array([2.4, -1.0, 1.0])
+    S1, S2 = np.eye(d) * 0.3**2, np.eye(d) * 0.5**2
+    target = np.logaddexp(np.log(0.9) + mvn(m1, S1).logpdf(x), np.log(0.1) + mvn(m2, S2).logpdf(x))
+    lw = target - mvn(np.zeros(d), cov0).logpdf(x)
+    means, chols, logw = refit_mixture(x, lw, 2, np.eye(d) * 0.25)
+    w = np.exp(lw - lw.max())
+    w /= w.sum()
+    dx = x - w @ x
+    floor = 0.1 * (w[:, None] * dx).T @ dx  # a tenth of the weighted draws' covariance
+    order = np.argsort(-logw)
+    big, small = order[0], order[1]
+    np.testing.assert_allclose(means[big], m1, atol=0.02)
+    np.testing.assert_allclose(means[small], m2, atol=0.05)
+    np.testing.assert_allclose(np.exp(logw[[big, small]]).round(2), [0.9, 0.1], atol=0.02)
+    cov_big = chols[big] @ chols[big].T / INFLATE
+    np.testing.assert_allclose(cov_big, S1 + floor, rtol=0.05, atol=0.005)
+    # with a third slot the small component's mass may split, not move
+    means, _, logw = refit_mixture(x, lw, 3, np.eye(d) * 0.25)
+    near = np.linalg.norm(means - m2, axis=1) < 1.0
+    assert np.exp(logw[near]).sum() == pytest.approx(0.1, abs=0.03)
+    assert np.exp(logw[~near]).sum() == pytest.approx(0.9, abs=0.03)
+    # no finite weight: nothing to refit
+    assert refit_mixture(x[:5], np.full(5, -np.inf), 3, cov0) is None

@@ -298,6 +298,9 @@ def fit(
         "pareto_k_above_0.7": data.ids[res["pareto_k"] > 0.7].tolist(),
         # subjects whose first proposal gave k-hat above 0.7 and that drew again, wider
         "pareto_k_redrawn": data.ids[res["widened"] > 0].tolist(),
+        # subjects still above 0.7 after those draws, whose proposal was refitted to their
+        # weighted draws (importance.refit_mixture)
+        "pareto_k_refit": data.ids[res["refit"] > 0].tolist(),
     }
     fails = failure_table(data.ids, np.asarray(res["failed_draws"]), np.asarray(res["draws_i"]))
     ebe = ebe_frame(stat, data, res, X, params)
