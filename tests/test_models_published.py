@@ -315,3 +315,41 @@ def test_hardiansyah_structure():
     np.testing.assert_array_equal(np.asarray(dy0[1:]), 0.0)
     assert float(dy0[0]) == pytest.approx((9.3e-3 - 7.6e-3) * 4.14, rel=1e-12)
     assert math.isclose(model.cells_per_unit, 1e9)
+
+
+def test_elementwise_closed_forms_give_the_same_draws_with_the_draws_last():
+    """A closed form that declares ``elementwise`` is computed for a batch of draws with the draws
+    on the last axis (importance sampling's draws): the same predictions and statuses as the
+    solution mapped over the draws, for both switch forms of Stein and for liso-cel, with a
+    draw whose prediction overflows (status NONFINITE)."""
+    from cartkin._likelihood import (
+        Endpoint,
+        SolverSettings,
+        StatModel,
+        make_draws_predictor,
+        make_predictor,
+    )
+    from cartkin._models.base import ClosedFormModel
+    from cartkin._models.registry import available_models, get_model
+
+    names = [k for k, c in available_models().items()
+             if issubclass(c, ClosedFormModel) and c.elementwise]
+    assert {"stein2019", "lisocel"} <= set(names)
+    rng = np.random.default_rng(4)
+    T, M = 13, 7
+    data_i = {"time": jnp.asarray(np.r_[0.0, np.sort(rng.uniform(0.5, 400.0, T - 1))]),
+              "endpoint": jnp.zeros(T, int), "ev_time": jnp.zeros(1), "ev_dose": jnp.zeros(1),
+              "ev_log_effect": jnp.zeros((1, 1))}
+    for model in [get_model(k) for k in names] + [get_model("stein2019", switch="softmin")]:
+        stat = StatModel(model, (Endpoint("C"),), iiv=tuple(model.parameters))
+        phi0 = stat.phi_from_theta({k: p.default for k, p in model.parameters.items()})
+        phi = jnp.asarray(phi0 + rng.normal(0.0, 0.3, (M, len(phi0))))
+        phi = phi.at[0, stat.iiv.index("Cmax")].set(800.0)  # a peak of e^800: not finite
+        last = make_draws_predictor(stat, SolverSettings()).draws_last
+        f, status = last(phi, data_i)
+        f_ref, status_ref = jax.vmap(make_predictor(stat, status=True), in_axes=(0, None))(
+            phi, data_i)
+        assert f.shape == (T, M)
+        np.testing.assert_array_equal(status, status_ref)
+        assert status[0] != 0 and np.all(np.asarray(status[1:]) == 0)
+        np.testing.assert_allclose(f[:, 1:], np.asarray(f_ref).T[:, 1:], rtol=1e-13)

@@ -226,7 +226,7 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
             keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
             phi = jax.vmap(lambda k, m, L, w, mu_i: proposal_draws(k, (m, L, w), mu_i, L_pop, M))(
                 keys, mix_m, mix_L, mix_logw, mu)
-            f, code = map_subjects(predict_draws, phi, data)
+            f, code = map_subjects(predict_draws, phi, data, draws_last=True)  # (n, T, M)
             lq = jax.vmap(lambda phi_i, m, L, w, mu_i: jnp.logaddexp(
                 jnp.log1p(-W_PRIOR) + _mix_logpdf(phi_i, (m, L, w)),
                 jnp.log(W_PRIOR) + eta_logprior(phi_i - mu_i, L_pop)))(
@@ -250,9 +250,9 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
             lv = eta_logprior(phi_i - g_m, g_L) - lq
             v = jnp.where(jnp.isfinite(lv), jnp.exp(lv), 0.0)
             # the residual log-likelihood of each draw, and for Louis's formula its score and
-            # Hessian in log sigma from the same pass (unused without: XLA drops them); the
-            # draws on the last axis, where the CPU vectorises
-            lr, gr, hr = residual_loglik_sigma_derivatives(stat.endpoints, data_i, f.T, ls)
+            # Hessian in log sigma from the same pass (unused without: XLA drops them); f (T, M):
+            # the draws on the last axis, where the CPU vectorises
+            lr, gr, hr = residual_loglik_sigma_derivatives(stat.endpoints, data_i, f, ls)
             lc = lr + lprior
             lw = jnp.where(ok & jnp.isfinite(lc), lc - lq, -jnp.inf)
             fin = jnp.isfinite(lw)

@@ -140,7 +140,15 @@ class ODEModel(Model):
 
 
 class ClosedFormModel(Model):
-    """A model with an explicit solution; no solver, no doses."""
+    """A model with an explicit solution; no solver, no doses.
+
+    ``elementwise``: the solution is element-wise in t and theta, so times (T, 1) with
+    parameters of shape (B,) give outputs (T, B). Fits then compute a batch of draws with the
+    draws on the last axis, which XLA vectorises on the CPU; ``tests/test_models_published.py``
+    checks each library model that declares it against the solution mapped over the draws.
+    """
+
+    elementwise: ClassVar[bool] = False
 
     @abc.abstractmethod
     def solution(self, t: Float[Array, " T"], theta: Mapping[str, Array]) -> dict[str, Array]:

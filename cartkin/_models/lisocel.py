@@ -85,6 +85,8 @@ def _log_c0(theta):
 class LisoCel(ClosedFormModel):
     """Liso-cel population CK, closed form (copies/ug; days)."""
 
+    elementwise: ClassVar[bool] = True
+
     parameters: ClassVar = _PARAMETERS
     outputs: ClassVar = _OUTPUTS
     citation: ClassVar[str] = CITATION

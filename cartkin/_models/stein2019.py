@@ -81,6 +81,8 @@ def _log_branches(t, theta):
 class Stein2019(ClosedFormModel):
     """Stein 2019 multiphasic CK model, closed form (copies/ug; days)."""
 
+    elementwise: ClassVar[bool] = True
+
     switch: Literal["exact", "softmin"] = "exact"
     width: float = 0.03
 
