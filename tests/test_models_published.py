@@ -353,3 +353,9 @@ def test_elementwise_closed_forms_give_the_same_draws_with_the_draws_last():
         np.testing.assert_array_equal(status, status_ref)
         assert status[0] != 0 and np.all(np.asarray(status[1:]) == 0)
         np.testing.assert_allclose(f[:, 1:], np.asarray(f_ref).T[:, 1:], rtol=1e-13)
+        # a column of times per draw (SAEM's subjects, one chain each)
+        times = np.sort(rng.uniform(0.0, 400.0, (M, T)), axis=1)
+        f_col, _ = last(phi, {"time": jnp.asarray(times.T), "endpoint": jnp.zeros((T, M), int)})
+        for j in range(1, M):
+            f_j, _ = make_predictor(stat, status=True)(phi[j], dict(data_i, time=times[j]))
+            np.testing.assert_allclose(f_col[:, j], f_j, rtol=1e-13)

@@ -108,12 +108,19 @@ def make_saem(stat, predict_draws, data, X, options: SAEMOptions, codes):
     log_only = bool(np.all(np.asarray(codes) == 0))  # every endpoint log-additive
     codes = jax.device_put(np.asarray(codes))  # indexed by traced endpoint numbers
 
+    columns = getattr(predict_draws, "draws_last", None)
+
     def predict_all(phi, data):
+        if columns is not None:  # an element-wise closed form: the subjects on the last axis
+            f, code = columns(phi, {k: data[k].T for k in ("time", "endpoint")})
+            return f.T, code == 0
         f, code = map_subjects(predict_draws, phi[:, None, :], data)
         return f[:, 0], code[:, 0] == 0
 
     def resid_ll(f, ok, sa, sp, data):
-        ll = jax.vmap(lambda fi, di: record_loglik(codes, di, fi, sa, sp, log_only).sum())(f, data)
+        # the records first, the subjects last
+        rec = {k: data[k].T for k in ("endpoint", "dv", "cens", "limit", "mask")}
+        ll = record_loglik(codes, rec, f.T, sa, sp, log_only).sum(0)
         return jnp.where(ok & jnp.isfinite(ll), ll, -jnp.inf)
 
     # the kernel schedule of one E-step: 0 = prior proposal, 1 = full random walk,
