@@ -733,11 +733,11 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
 def refit_mixture(phi, lw, k_max: int, cov0, iterations: int = 50):
     """A subject's proposal refitted to its weighted draws (numpy, on the host): a normal
     mixture of at most ``k_max`` components by weighted EM on the draws ``phi`` (n, d) with log
-    importance weights ``lw`` (n,) (those within e^-30 of the largest: not only the heaviest
-    few, whose 1 / q leans them away from the proposal's centre), returned as the sampler's t
-    components (means
-    (k_max, d), Cholesky factors of the covariances times INFLATE (k_max, d, d), log weights
-    (k_max,); unused slots at weight e^-40). The EM starts at the heaviest draw and at the next
+    importance weights ``lw`` (n,) (those within e^-20 of the largest: not only the heaviest
+    few, whose 1 / q leans them away from the proposal's centre; until the weighted
+    log-likelihood gains less than 1e-9 of itself), returned as the sampler's t
+    components (means (k_max, d), Cholesky factors of the covariances times INFLATE (k_max, d,
+    d), log weights (k_max,); unused slots at weight e^-40). The EM starts at the heaviest draw and at the next
     heaviest ones more than 2 SDs (of ``cov0``, the subject's proposal covariance) from those
     taken. The components start with the covariance of all the weighted draws and keep a tenth
     of it (a component that few draws carry must not collapse); each weight is at least 0.05.
@@ -746,7 +746,7 @@ def refit_mixture(phi, lw, k_max: int, cov0, iterations: int = 50):
     if not fin.any():
         return None
     order = np.argsort(-np.where(fin, lw, -np.inf))
-    order = order[lw[order] >= lw[order[0]] - 30.0]
+    order = order[lw[order] >= lw[order[0]] - 20.0]
     x, w = phi[order], np.exp(lw[order] - lw[order[0]])
     w = w / w.sum()
     n, d = x.shape
@@ -756,25 +756,35 @@ def refit_mixture(phi, lw, k_max: int, cov0, iterations: int = 50):
     floor = 0.1 * cov_all
     P0 = np.linalg.inv(cov0)
     means = [x[0]]
-    for j in range(1, n):
-        if len(means) == k_max:
+    far = np.ones(n, bool)  # draws more than 2 SDs from every start taken
+    while len(means) < k_max:
+        dx0 = x - means[-1]
+        far &= np.einsum("ni,ij,nj->n", dx0, P0, dx0) > 4.0
+        if not far.any():
             break
-        if all((x[j] - m) @ P0 @ (x[j] - m) > 4.0 for m in means):
-            means.append(x[j])
+        means.append(x[np.argmax(far)])  # the heaviest such draw (x is in weight order)
     K = len(means)
     mu, cov, pi = np.array(means), np.repeat(cov_all[None], K, 0), np.full(K, 1.0 / K)
+    previous = -np.inf
     for _ in range(iterations):
-        Lc = np.linalg.cholesky(cov)
-        z = np.linalg.solve(Lc[:, None], (x[None] - mu[:, None])[..., None])[..., 0]
-        logp = (np.log(pi)[:, None] - 0.5 * np.sum(z**2, -1)
-                - np.sum(np.log(np.diagonal(Lc, axis1=1, axis2=2)), -1)[:, None])
-        r = np.exp(logp - np.logaddexp.reduce(logp, axis=0))  # (K, n) responsibilities
+        logdet, prec = np.linalg.slogdet(cov)[1], np.linalg.inv(cov)
+        logp = np.stack([
+            np.log(pi[k]) - 0.5 * logdet[k]
+            - 0.5 * np.einsum("ni,ni->n", (x - mu[k]) @ prec[k], x - mu[k])
+            for k in range(len(pi))
+        ])
+        total = np.logaddexp.reduce(logp, axis=0)
+        value = w @ total  # the weighted log-likelihood EM raises
+        if value - previous < 1e-9 * abs(value):
+            break
+        previous = value
+        r = np.exp(logp - total)  # (K, n) responsibilities
         nk = r @ w
         keep = nk > 1e-8
         mu, cov, pi, r, nk = mu[keep], cov[keep], pi[keep], r[keep], nk[keep]
         mu = (r * w) @ x / nk[:, None]
-        dx = x[None] - mu[:, None]
-        cov = np.einsum("kn,kni,knj->kij", r * w, dx, dx) / nk[:, None, None] + floor
+        cov = np.stack([((x - m) * rw[:, None]).T @ (x - m) for m, rw in zip(mu, r * w)])
+        cov = cov / nk[:, None, None] + floor
         pi = np.maximum(nk / nk.sum(), 0.05)
         pi = pi / pi.sum()
     K = len(pi)
