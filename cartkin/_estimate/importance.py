@@ -313,6 +313,12 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
 
     everyone = rows_of(np.arange(N), np.zeros(N, int))
 
+    def rows_for(counts):
+        """:func:`rows_of`'s subjects and streams for ``counts`` rows of each subject (its rows'
+        streams numbered from 0)."""
+        sub = np.repeat(np.arange(N), counts)
+        return sub, np.arange(len(sub)) - np.repeat(np.cumsum(counts) - counts, counts)
+
     # chunk sizes (rows): N, and from SMALL_CHUNK_FROM subjects on also N / 4 (a program of its
     # own: worth its compile once a chunk takes seconds)
     sizes = (N, N // 4) if N >= SMALL_CHUNK_FROM else (N,)
@@ -569,11 +575,10 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
                 counts = np.zeros(N, int)
                 counts[idx] = N // len(idx)
                 counts[idx[: N % len(idx)]] += 1
-                sub = np.repeat(np.arange(N), counts)
-                rank = np.arange(N) - np.repeat(np.cumsum(counts) - counts, counts)
+                sub, rank = rows_for(counts)
                 rows = rows_of(sub, rank)
                 drawn = run_draw(draw, kc, at, mix, rows)
-                lw = run_weigh(w_fn, at, drawn, rows, g)["lw"]
+                lw = run_weigh(weigh[False], at, drawn, rows, g)["lw"]  # the weights alone
                 phi = np.asarray(drawn[0])[:N]
                 for i in idx:
                     own = sub == i
@@ -627,9 +632,7 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
                         # the draw budget of every subject that matters is spent
                         spent = counts.sum() == 0
                         if not spent:
-                            sub = np.repeat(np.arange(N), counts)
-                            rank = np.arange(len(sub)) - np.repeat(np.cumsum(counts) - counts,
-                                                                   counts)
+                            sub, rank = rows_for(counts)
                             spare = n_rows - len(sub)  # rows no subject gains from: dropped
                             sub = np.concatenate([sub, np.zeros(spare, int)])
                             rank = np.concatenate([rank, counts[0] + np.arange(spare)])
@@ -735,11 +738,11 @@ def refit_mixture(phi, lw, k_max: int, cov0, iterations: int = 50):
     mixture of at most ``k_max`` components by weighted EM on the draws ``phi`` (n, d) with log
     importance weights ``lw`` (n,) (those within e^-20 of the largest: not only the heaviest
     few, whose 1 / q leans them away from the proposal's centre; until the weighted
-    log-likelihood gains less than 1e-9 of itself), returned as the sampler's t
-    components (means (k_max, d), Cholesky factors of the covariances times INFLATE (k_max, d,
-    d), log weights (k_max,); unused slots at weight e^-40). The EM starts at the heaviest draw and at the next
-    heaviest ones more than 2 SDs (of ``cov0``, the subject's proposal covariance) from those
-    taken. The components start with the covariance of all the weighted draws and keep a tenth
+    log-likelihood gains less than 1e-9 of itself), returned as the sampler's t components
+    (means (k_max, d), Cholesky factors of the covariances times INFLATE (k_max, d, d), log
+    weights (k_max,); unused slots at weight e^-40). The EM starts at the heaviest draw and at
+    the next heaviest ones more than 2 SDs (of ``cov0``, the subject's proposal covariance) from
+    those taken. The components start with the covariance of all the weighted draws and keep a tenth
     of it (a component that few draws carry must not collapse); each weight is at least 0.05.
     None without a finite weight."""
     fin = np.isfinite(lw)
