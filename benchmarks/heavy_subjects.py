@@ -17,41 +17,22 @@ Results: docs/estimation.md (importance sampling).
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
-os.environ.setdefault("EQX_ON_ERROR", "nan")
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + f" --xla_force_host_platform_device_count={os.cpu_count()}")
+import jax
+import jax.numpy as jnp
+import numpy as np
+import stein_sampler  # host devices and float64, before JAX starts its backend
 
-import jax  # noqa: E402
-
-jax.config.update("jax_enable_x64", True)
-
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(__file__))
-from fit_ode import FORMS, IIV, INIT  # noqa: E402
-
-import cartkin._estimate.fit as fit_module  # noqa: E402
-import cartkin._estimate.importance as imp  # noqa: E402
-import cartkin.data as cdata  # noqa: E402
-from cartkin._estimate.config import fitdata_from_dataset  # noqa: E402
-from cartkin._estimate.saem import SAEMOptions  # noqa: E402
-from cartkin._likelihood import (  # noqa: E402
-    Endpoint,
+import cartkin._estimate.importance as imp
+from cartkin._likelihood import (
     SolverSettings,
-    StatModel,
     data_arrays,
     kind_codes,
     make_predictor,
     record_loglik,
     sigma_per_endpoint,
 )
-from cartkin._models.registry import get_model  # noqa: E402
 
 CHUNK = 1_000_000  # population draws per reference program call
 
@@ -87,35 +68,14 @@ def main():
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--reference", type=float, default=5e7, help="population draws per subject")
     args = ap.parse_args()
-    model = get_model(FORMS["closed"])
-    stat = StatModel(model, (Endpoint("C", 1, "log_additive"),), iiv=IIV)
-    ds = cdata.simulate_cohort(args.n, seed=2019, omega_reading="variance").dataset
-    data = fitdata_from_dataset(ds, stat)
-    # the fit's sampler and the arguments of its last (-2LL) call
-    calls = {}
-    make = fit_module.make_importance_sampler
-
-    def keep(*a, **k):
-        sample = make(*a, **k)
-
-        def recorded(*aa, **kk):
-            calls["sample"], calls["args"] = sample, (aa, kk)
-            return sample(*aa, **kk)
-
-        recorded.compile_ahead = sample.compile_ahead
-        return recorded
-
-    fit_module.make_importance_sampler = keep
     imp.REFIT_ROUNDS = 0
     t0 = time.perf_counter()
-    res = fit_module.fit(stat, data, init=INIT, omega_init=0.5, sigma_init=0.8,
-                         saem=SAEMOptions(seed=1),
-                         importance=imp.ISOptions(target_se=0.5 * np.sqrt(args.n / 200)))
+    stat, data, res, sample, again = stein_sampler.fit_keeping_sampler(
+        args.n, importance=imp.ISOptions(target_se=0.5 * np.sqrt(args.n / 200)))
     print(f"fit of {args.n} subjects without the refit: {time.perf_counter() - t0:.0f} s")
-    sample, (a, k) = calls["sample"], calls["args"]
-    before = sample(*a, **k)
+    before = again(sample)
     imp.REFIT_ROUNDS = 1
-    after = sample(*a, **k)
+    after = again(sample)
     print(f"-2LL at the estimates: without the refit {before['m2ll']:.2f} (SE "
           f"{before['m2ll_se']:.2f}), with it {after['m2ll']:.2f} (SE {after['m2ll_se']:.2f})")
     arrays = data_arrays(data)

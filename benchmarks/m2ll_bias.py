@@ -15,31 +15,12 @@ Results: docs/estimation.md (importance sampling, step 2).
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
-os.environ.setdefault("EQX_ON_ERROR", "nan")
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + f" --xla_force_host_platform_device_count={os.cpu_count()}")
+import numpy as np
+import stein_sampler  # host devices and float64, before JAX starts its backend
 
-import jax  # noqa: E402
-
-jax.config.update("jax_enable_x64", True)
-
-import numpy as np  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(__file__))
-from fit_ode import FORMS, IIV, INIT  # noqa: E402
-
-import cartkin._estimate.fit as fit_module  # noqa: E402
-import cartkin.data as cdata  # noqa: E402
-from cartkin._estimate.config import fitdata_from_dataset  # noqa: E402
-from cartkin._estimate.importance import ISOptions  # noqa: E402
-from cartkin._estimate.saem import SAEMOptions  # noqa: E402
-from cartkin._likelihood import Endpoint, StatModel  # noqa: E402
-from cartkin._models.registry import get_model  # noqa: E402
+from cartkin._estimate.importance import ISOptions
 
 
 def main():
@@ -47,32 +28,12 @@ def main():
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--fixed", type=int, default=3500, help="draws per subject, fixed count")
     args = ap.parse_args()
-    stat = StatModel(get_model(FORMS["closed"]), (Endpoint("C", 1, "log_additive"),), iiv=IIV)
-    ds = cdata.simulate_cohort(200, seed=2019, omega_reading="variance").dataset
-    data = fitdata_from_dataset(ds, stat)
-    # the fit's sampler arguments and the arguments of its last (-2LL) call
-    calls = {}
-    make = fit_module.make_importance_sampler
-
-    def keep(*a, **k):
-        sample = make(*a, **k)
-
-        def recorded(*aa, **kk):
-            calls["make"], calls["call"] = a[:5], (aa, kk)
-            return sample(*aa, **kk)
-
-        recorded.compile_ahead = sample.compile_ahead
-        return recorded
-
-    fit_module.make_importance_sampler = keep
-    res = fit_module.fit(stat, data, init=INIT, omega_init=0.5, sigma_init=0.8,
-                         saem=SAEMOptions(seed=1), progress=False)
+    _, _, res, _, again = stein_sampler.fit_keeping_sampler(200, progress=False)
     print(f"fit: -2LL {res.m2ll:.2f} (SE {res.m2ll_se:.2f})", flush=True)
-    built, (a, k) = calls["make"], calls["call"]
 
     def run(options):
         t0 = time.perf_counter()
-        r = make(*built, options)(*a, **k)
+        r = again(again.sampler(options))
         return r, time.perf_counter() - t0
 
     ref, seconds = run(ISOptions(target_se=0.04, min_draws=400_000, max_draws=400_000))
