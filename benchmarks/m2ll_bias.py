@@ -2,9 +2,10 @@
 IS seeds, against a reference with 400,000 draws per subject.
 
 The Stein closed-form fit of the bundled-size cohort (200 subjects) runs once; at its estimate
-the final -2LL pass runs again with ``--seeds`` IS seeds, as the fit runs it (draws allocated
-where the estimated variance is largest, until SE <= 0.5) and with a fixed count (every subject
-``--fixed`` draws, no adaptive allocation), and once with 400,000 draws per subject. The mean over
+the final -2LL pass runs again with ``--seeds`` IS seeds: as the fit runs it (rounds of one
+more row of draws for every subject until SE <= 0.5), with the greedy allocation (each round's
+rows where that round's variances are largest, until SE <= 0.5), with a fixed count (every
+subject ``--fixed`` draws), and once with 400,000 draws per subject. The mean over
 the seeds minus the reference is the bias (its SE from the seeds' spread).
 
     python benchmarks/m2ll_bias.py [--seeds 10] [--fixed 3500]
@@ -39,7 +40,8 @@ def main():
     ref, seconds = run(ISOptions(target_se=0.04, min_draws=400_000, max_draws=400_000))
     print(f"reference: {ref['m2ll']:.3f} (SE {ref['m2ll_se']:.3f}, {ref['draws']} draws per "
           f"subject, {seconds:.0f} s)", flush=True)
-    for name, options in (("adaptive (the fit's)", lambda s: ISOptions(seed=s)),
+    for name, options in (("equal counts (the fit's)", lambda s: ISOptions(seed=s)),
+                          ("greedy", lambda s: ISOptions(seed=s, allocation="greedy")),
                           (f"fixed {args.fixed}",
                            lambda s: ISOptions(seed=s, min_draws=args.fixed, target_se=1e3))):
         values, ses, draws = [], [], []

@@ -223,6 +223,25 @@ def test_a_pass_that_gives_the_information_draws_as_many_as_the_information_pass
         assert abs(r["m2ll"] - exact) < 4 * r["m2ll_se"] + 0.05
 
 
+def test_the_m2ll_pass_gives_every_subject_the_same_draws_until_its_target(fitted):
+    """The -2LL pass's rounds give every subject one more row of draws until the SE target is
+    met (the greedy allocation: rows where the variance is largest, so unequal counts); both
+    meet the target and match the exact -2LL."""
+    res, opt, logy = fitted
+    exact = _exact_m2ll(opt.x, logy)
+    for allocation in ("equal", "greedy"):
+        options = ISOptions(seed=9, target_se=0.01, mode_iterations=0, allocation=allocation)
+        sample, params, post_mean, post_cov = _sampler(res, options)
+        r = sample(params(opt.x), post_mean, post_cov)
+        assert r["m2ll_se"] <= 0.01 and r["pareto_k"].max() <= 0.7
+        assert abs(r["m2ll"] - exact) < 4 * r["m2ll_se"] + 0.01
+        n = r["draws_i"]
+        if allocation == "equal":
+            assert np.all(n == n[0]) and n[0] > options.min_draws
+        else:
+            assert n.max() > n.min()
+
+
 def test_reweighted_draws_give_the_exact_score_at_a_polishing_step(fitted):
     """A polishing step weighs the first pass's draws (and solves) again at the new parameters:
     the score it gets there equals the exact gradient of the log-likelihood, as a fresh pass's

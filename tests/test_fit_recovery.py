@@ -104,6 +104,8 @@ def _cli(*args, cwd=None):
          "importance.mode_iterations must be a whole number >= 0, not 'ten'"),
         ("[data]\nname='stein2019_sim200'\n[model]\nname='stein2019'\n[[endpoints]]\noutput='C'\n[parameters]\nestimate={Cmax=1.0}\n[method]\nimportance={target_se=-0.5}\n",
          "importance.target_se must be a number >= 0, not -0.5"),
+        ("[data]\nname='stein2019_sim200'\n[model]\nname='stein2019'\n[[endpoints]]\noutput='C'\n[parameters]\nestimate={Cmax=1.0}\n[method]\nimportance={allocation='even'}\n",
+         "importance allocation 'even': use 'equal' or 'greedy'"),
         ("[data]\nname='stein2019_sim200'\n[model]\nname='stein2019'\n[[endpoints]]\noutput='C'\n[parameters]\nestimate={Tmax=8.0}\nbounds={Tmax=[10, 40]}\n",
          "estimate Tmax = 8.0 is not inside its bounds"),
         ("[data]\nname='stein2019_sim200'\n[model]\nname='stein2019'\n[[endpoints]]\noutput='C'\n[parameters]\nestimate={Tmax=8.0}\nbounds={Tmax=40}\n",

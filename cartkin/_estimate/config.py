@@ -84,10 +84,12 @@ def _only(path, section, table, allowed):
 
 
 def _check_numbers(path, section, opts):
-    """Every field of an options dataclass is a number of its default's kind (a whole number
-    where the default is one), not negative."""
+    """Every numeric field of an options dataclass is a number of its default's kind (a whole
+    number where the default is one), not negative (a field with a text default checks itself)."""
     for f in dataclasses.fields(opts):
         v = getattr(opts, f.name)
+        if isinstance(f.default, str):
+            continue
         whole = isinstance(f.default, int)
         if (isinstance(v, bool) or not isinstance(v, int if whole else int | float)
                 or not v >= 0):
@@ -201,7 +203,7 @@ def config_from_dict(raw: Mapping, path: str | Path) -> FitConfig:
     try:
         saem = SAEMOptions(**{"seed": seed, **meth.get("saem", {})})
         imp = ISOptions(**{"seed": seed + 1, **meth.get("importance", {})})
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise _err(path, f"[method]: {e}") from None
     for section, opts in (("saem", saem), ("importance", imp)):
         _check_numbers(path, section, opts)
