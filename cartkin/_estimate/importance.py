@@ -4,7 +4,8 @@ Per subject the proposal is a mixture: a multivariate t (4 degrees of freedom) a
 conditional mean and 1.2 x the conditional covariance of phi_i (from the SAEM chain), and the
 population distribution N(mu_i, Omega) as a defensive component with weight 0.05. Draws are
 batched over subjects and drawn in chunks until the Monte Carlo SE of -2LL is at most the
-requested target (or the draw budget is spent), each round where it removes the most variance.
+requested target (or the draw budget is spent), each round one more row of draws for every
+subject (equal counts: an allocation by estimated variance biased the -2LL, see ISOptions).
 When one draw far from a subject's proposal comes to hold a large share of its weights (a
 second region of its conditional distribution that the defensive component found), the subject
 gets a t component there and its estimate starts again. Before any draw, a per-subject mode
@@ -98,10 +99,10 @@ class ISOptions:
     # "equal": the -2LL's rounds give every subject the same number of draws (those restarted by
     # a new proposal catch up); "greedy": each round's rows go where that round's estimated
     # variances are largest. Measured on the bundled cohort at SE 0.5 (ten seeds against 400,000
-    # draws per subject, docs/estimation.md): greedy +0.54 above the reference, SD 0.50 over
-    # the seeds, 3,373 draws per subject; equal counts +0.26, SD 0.29, 3,818 draws. Greedy
-    # gives a subject whose draws missed its large weights (low, and precise-looking) no more
-    # draws, and variances estimated from heavy-tailed weights misplace the rows
+    # draws per subject, docs/estimation.md): greedy +0.53 above the reference, SD 0.50 over
+    # the seeds (reported SE 0.48), 3,373 draws per subject; equal counts +0.19, SD 0.34
+    # (reported 0.49), 4,175 draws. Greedy gives a subject whose draws missed its large weights
+    # (low, and precise-looking) no more draws
     allocation: str = "equal"
     seed: int = 1
 
