@@ -112,6 +112,25 @@ def test_rows_go_where_they_remove_the_most_variance():
     assert short.sum() == 4 and short[:3].min() >= 1 and short[3:].sum() == 0
 
 
+def test_equal_counts_grow_by_a_row_unless_one_subject_holds_the_variance():
+    """The -2LL pass's next counts with equal allocation: one more row for every subject up to
+    the budget; while a subject's variance alone exceeds OUTLIER x the target variance, only
+    such subjects draw (twice their draws, up to the budget); once they are at the budget,
+    everyone draws again."""
+    from cartkin._estimate.importance import OUTLIER, next_counts
+
+    M, hi, tv = 250, 4000, 0.0625
+    counts = np.array([1000, 1000, 1250, 3750, 4000])
+    v = np.full(5, 0.001)
+    np.testing.assert_array_equal(next_counts(v, counts, tv, M, hi), [1250, 1250, 1500, 4000, 4000])
+    v[1] = 1.01 * OUTLIER * tv
+    np.testing.assert_array_equal(next_counts(v, counts, tv, M, hi), [1000, 2000, 1250, 3750, 4000])
+    v[1], v[3] = 0.001, np.inf  # a subject without a finite variance: to the budget
+    np.testing.assert_array_equal(next_counts(v, counts, tv, M, hi), [1000, 1000, 1250, 4000, 4000])
+    counts[3] = hi
+    np.testing.assert_array_equal(next_counts(v, counts, tv, M, hi), [1250, 1250, 1500, 4000, 4000])
+
+
 def test_heavy_tailed_subjects_draw_again_from_a_wider_proposal(monkeypatch):
     """The linear-Gaussian cohort of ``test_fit_exact`` (exact conditional distributions and
     marginal likelihood), sampled from proposals 3 conditional SDs off and with 2% of the
