@@ -99,13 +99,13 @@ class ISOptions:
     # multimodal subjects of the 5,000-subject Stein cohort 10 found the same modes as 25; over
     # the whole cohort 86% of the starts ended converged (Newton decrement < 0.01)
     mode_iterations: int = 10
-    # "equal": the -2LL's rounds give every subject the same number of draws (those restarted by
-    # a new proposal catch up); "greedy": each round's rows go where that round's estimated
-    # variances are largest. Measured on the bundled cohort at SE 0.5 (ten seeds against 400,000
-    # draws per subject, docs/estimation.md): greedy +0.53 above the reference, SD 0.50 over
-    # the seeds (reported SE 0.48), 3,373 draws per subject; equal counts +0.19, SD 0.34
-    # (reported 0.49), 4,175 draws. Greedy gives a subject whose draws missed its large weights
-    # (low, and precise-looking) no more draws
+    # "equal": the -2LL's rounds give every subject the same number of draws, to within a row
+    # (:func:`next_counts`); "greedy": each round's rows go where that round's estimated
+    # variances are largest. Measured on the bundled cohort at SE 0.5 (forty seeds against
+    # 400,000 draws per subject, docs/estimation.md): greedy +0.53 above the reference, SD 0.53
+    # over the seeds (reported SE 0.47), 3,417 draws per subject; equal counts +0.36, SD 0.47
+    # (reported 0.48), 3,839 draws, as a fixed count (+0.31). Greedy gives a subject whose draws
+    # missed its large weights (low, and precise-looking) no more draws
     allocation: str = "equal"
     seed: int = 1
 
