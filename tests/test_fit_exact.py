@@ -228,6 +228,7 @@ def test_the_m2ll_pass_gives_every_subject_the_same_draws_until_its_target(fitte
     met: equal counts to within a row (the greedy allocation: rows where the variance is
     largest, so unequal counts); both meet the target and match the exact -2LL."""
     res, opt, logy = fitted
+    assert res.convergence["m2ll_allocation"] == "equal"  # the fit's, in its record
     exact = _exact_m2ll(opt.x, logy)
     for allocation in ("equal", "greedy"):
         options = ISOptions(seed=9, target_se=0.03, mode_iterations=0, allocation=allocation)

@@ -290,6 +290,7 @@ def fit(
         "se_method": "Louis's formula on importance-sampling draws at the estimate "
                      "(observed information; no derivative through the model solver)",
         "m2ll_draws_per_subject": res["draws"],
+        "m2ll_allocation": importance.allocation,
         "information_draws_per_subject": info_draws,
         "starts": [{"start": r["start"], "initial_phi": r["init"],
                     "m2ll_first_pass": r["m2ll_first_pass"], "chosen": r is best} for r in runs],
