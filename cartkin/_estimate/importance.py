@@ -874,10 +874,11 @@ def cv_mean(W, W2, V, V2, WV, m):
 def next_counts(v, counts, tv, M, hi):
     """The -2LL pass's next draws per subject with equal counts: one more row of M for every
     subject (at most ``hi``), except while some subject's variance ``v`` alone exceeds
-    ``OUTLIER`` x the target variance ``tv`` (that of the -2LL / 4): then only those subjects
-    draw, twice their ``counts``, where everyone would otherwise draw until that one subject's
-    variance fell (measured on the 1,000-subject Stein ODE cohort: one subject with 70% of the
-    variance, at k-hat 1.4 after two widenings, took every subject to 8,500 draws)."""
+    ``OUTLIER`` x the target variance ``tv`` of the log-likelihood, (target SE / 2)^2: then only
+    those subjects draw, twice their ``counts``, where everyone would otherwise draw until that
+    one subject's variance fell (measured on the 1,000-subject Stein ODE cohort: one subject
+    with 70% of the variance, at k-hat 1.4 after two widenings, took every subject to 8,500
+    draws)."""
     big = (v > OUTLIER * tv) & (counts < hi)
     if big.any():
         return np.where(big, np.minimum(2 * counts, hi), counts)
