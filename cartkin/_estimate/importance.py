@@ -69,8 +69,8 @@ DOMINATED = 0.2  # a single draw holding this share of a subject's weight sum
 # covariance times WIDEN, at most WIDEN_ROUNDS times
 WIDEN = 2.0
 WIDEN_ROUNDS = 2
-# a subject still above 0.7 after those rounds draws one chunk's rows (N x M draws over the
-# subjects concerned) and refits its mixture to the weighted draws (:func:`refit_mixture`),
+# a subject still above 0.7 after those rounds draws one chunk's rows (the smaller chunk's, of
+# M draws each, over the subjects concerned) and refits its mixture to the weighted draws (:func:`refit_mixture`),
 # then starts again: a region the t components missed, found only by the draws of the defensive
 # population component, holds weights far above the others (measured on the 5,000-subject Stein
 # cohort: two subjects at k-hat 1.0 and 1.9 after widening, their log-likelihoods 0.31 and 0.34
