@@ -62,4 +62,5 @@ def fit_keeping_sampler(n: int, **fit_options):
         return sample(*a, **k)
 
     again.sampler = lambda options: make(*kept["built"], options)
+    again.call = (a, k)  # the fit's last call's arguments
     return stat, data, res, kept["sample"], again
