@@ -11,7 +11,7 @@ the seeds minus the reference is the bias (its SE from the seeds' spread).
     python benchmarks/m2ll_bias.py [--seeds 40] [--fixed 3500]
 
 Ten seeds measure a bias to about 0.15 (SE), too coarse to tell these allocations apart; forty,
-to about 0.09 (about 8 minutes on the 2-core CPU).
+to about 0.09 (about 10 minutes on the 2-core CPU).
 
 Results: docs/estimation.md (importance sampling, step 2).
 """
