@@ -716,8 +716,10 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
                     # Every subject is checked once the SE is met; with equal counts, before
                     # that, every round, the subjects whose variance alone would set everyone's
                     # count (:func:`next_counts`): more draws do little for a heavy tail
-                    khat = pareto_k(acc["tail"], m_total)
                     check = (var_log(acc, m_total) > OUTLIER * tv) if more else np.ones(N, bool)
+                    # (only the checked subjects' k-hats: 14 ms per 200 subjects, every round)
+                    khat = np.full(N, np.nan)
+                    khat[check] = pareto_k(acc["tail"][check], m_total[check])
                     heavy = np.flatnonzero(check & (khat > 0.7) & (widened < WIDEN_ROUNDS))
                     stuck = np.flatnonzero(check & (khat > 0.7) & (widened >= WIDEN_ROUNDS)
                                            & (refit < REFIT_ROUNDS))
