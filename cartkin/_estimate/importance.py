@@ -70,11 +70,11 @@ DOMINATED = 0.2  # a single draw holding this share of a subject's weight sum
 WIDEN = 2.0
 WIDEN_ROUNDS = 2
 # a subject still above 0.7 after those rounds draws one chunk's rows (the smaller chunk's, of
-# M draws each, over the subjects concerned) and refits its mixture to the weighted draws (:func:`refit_mixture`),
-# then starts again: a region the t components missed, found only by the draws of the defensive
-# population component, holds weights far above the others (measured on the 5,000-subject Stein
-# cohort: two subjects at k-hat 1.0 and 1.9 after widening, their log-likelihoods 0.31 and 0.34
-# below a 5 x 10^7-draw reference)
+# M draws each, over the subjects concerned) and refits its mixture to the weighted draws
+# (:func:`refit_mixture`), then starts again: a region the t components missed, found only by
+# the draws of the defensive population component, holds weights far above the others (measured
+# on the 5,000-subject Stein cohort: two subjects at k-hat 1.0 and 1.9 after widening, their
+# log-likelihoods 0.31 and 0.34 below a 5 x 10^7-draw reference)
 REFIT_ROUNDS = 1
 # with equal counts, a subject whose variance alone is this share of the -2LL's target variance
 # draws on its own (:func:`next_counts`)
@@ -582,6 +582,7 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
             min_draws = max(options.min_draws, n_louis * M if fresh_information else 0)
             floor = np.full(N, min_draws)  # the draws every subject gets before the SE counts
             equal, turn = options.allocation == "equal", 0
+            tv = (options.target_se / 2) ** 2  # the log-likelihood's target variance
 
             def chunk(fn, key, sub):
                 return run_weigh(w_fn, at, run_draw(fn, key, at, mix, sub), sub, g)
@@ -634,35 +635,35 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
                         acc = combine(acc, chunk(draw, kc, everyone))
                         m_total = m_total + M
                     else:
-                        # the chunk's rows where they remove the most Monte Carlo variance
-                        v = np.where(m_total > 0, np.minimum(var_log(acc, m_total), 1e6), 0.0)
                         cap = np.maximum((options.max_draws - m_total) // M, 0).astype(int)
-                        # the chunk size that removes the most variance per solve (plus a
-                        # call's fixed cost, ~4,000 solves)
-                        best = None
-                        for n_rows in sizes:
-                            if need.sum() > n_rows and n_rows < N:
-                                continue
-                            if equal:  # the smallest chunk that holds the needed rows
-                                best = (0.0, n_rows, allocate_rows(0 * v, m_total, M, cap, need,
-                                                                   n_rows))
-                                continue
-                            cnt = allocate_rows(v, m_total, M, cap, need, n_rows)
-                            removed = v * M * cnt / np.maximum(m_total + M * cnt, 1)
-                            rate = removed.sum() / (n_rows * M + 4000)
-                            if best is None or rate > best[0]:
-                                best = (rate, n_rows, cnt)
-                        _, n_rows, counts = best
-                        if equal and n_rows > counts.sum():
-                            # the chunk's other rows: one more row each for the next subjects
-                            # in turn (an order fixed before any draw, so the counts stay
-                            # within a row of each other and do not depend on the draws)
+                        # the chunk sizes that hold the needed rows (N always)
+                        fits = [n for n in sizes if need.sum() <= n or n == N]
+                        if equal:
+                            # the smallest, its rows the needed ones, the others one each for
+                            # the next subjects in turn (an order fixed before any draw, so the
+                            # counts stay within a row of each other and do not depend on the
+                            # draws)
+                            n_rows = min(fits)
+                            counts = allocate_rows(np.zeros(N), m_total, M, cap, need, n_rows)
                             order = (turn + np.arange(N)) % N
                             order = order[cap[order] > counts[order]][: n_rows - counts.sum()]
                             if len(order):
                                 counts[order] += 1
                                 floor[order] = m_total[order] + M * counts[order]
                                 turn = (order[-1] + 1) % N
+                        else:
+                            # the chunk's rows where they remove the most Monte Carlo variance,
+                            # in the size that removes the most per solve (plus a call's fixed
+                            # cost, ~4,000 solves)
+                            v = np.where(m_total > 0, np.minimum(var_log(acc, m_total), 1e6), 0.0)
+                            best = None
+                            for n_rows in fits:
+                                cnt = allocate_rows(v, m_total, M, cap, need, n_rows)
+                                removed = v * M * cnt / np.maximum(m_total + M * cnt, 1)
+                                rate = removed.sum() / (n_rows * M + 4000)
+                                if best is None or rate > best[0]:
+                                    best = (rate, n_rows, cnt)
+                            _, n_rows, counts = best
                         # the draw budget of every subject that matters is spent
                         spent = counts.sum() == 0
                         if not spent:
@@ -699,15 +700,14 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
                         restart(i)
                     if np.any(m_total < floor):
                         continue
-                    se = mc_se(acc, m_total)
+                    v_now = var_log(acc, m_total)
+                    se = 2 * np.sqrt(v_now.sum())  # (mc_se)
                     adv(0, f"{se:.2f}, {m_total.mean():.0f} draws/subject")
                     more = se > options.target_se and not spent
                     if more and not equal:
                         continue
-                    tv = (options.target_se / 2) ** 2
                     if more:  # equal counts: the next round's, unless the budget is spent
-                        grown = next_counts(var_log(acc, m_total), floor, tv, M,
-                                            options.max_draws)
+                        grown = next_counts(v_now, floor, tv, M, options.max_draws)
                         more = bool(np.any(grown > m_total))
                     # PSIS's k-hat of each subject's weights: above 0.7 its estimate is
                     # unreliable whatever its SE says (a proposal lighter-tailed than the
@@ -716,7 +716,7 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
                     # Every subject is checked once the SE is met; with equal counts, before
                     # that, every round, the subjects whose variance alone would set everyone's
                     # count (:func:`next_counts`): more draws do little for a heavy tail
-                    check = (var_log(acc, m_total) > OUTLIER * tv) if more else np.ones(N, bool)
+                    check = (v_now > OUTLIER * tv) if more else np.ones(N, bool)
                     # (only the checked subjects' k-hats: 14 ms per 200 subjects, every round)
                     khat = np.full(N, np.nan)
                     khat[check] = pareto_k(acc["tail"][check], m_total[check])
