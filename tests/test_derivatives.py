@@ -45,10 +45,12 @@ def _subject(model):
                          ids=["closed-exact", "closed-softmin", "ode-exact-switch"])
 def test_gradient_matches_central_differences(model):
     loglik, phi = _subject(model)
-    g = np.asarray(jax.grad(loglik)(phi))
+    g = np.asarray(jax.jit(jax.grad(loglik))(phi))
     h = 1e-5
-    fd = np.array([(loglik(phi.at[j].add(h)) - loglik(phi.at[j].add(-h))) / (2 * h)
-                   for j in range(phi.shape[0])])
+    # every shifted point in one compiled, vmapped call (each lane is its own adaptive solve)
+    step = h * jnp.eye(phi.shape[0])
+    ll = np.asarray(jax.jit(jax.vmap(loglik))(jnp.concatenate([phi + step, phi - step])))
+    fd = (ll[: phi.shape[0]] - ll[phi.shape[0]:]) / (2 * h)
     # central differences are accurate to O(h^2) ~ 1e-10 relative here; the solver at rtol
     # 1e-10 adds noise of about rtol / h ~ 1e-5 absolute on a log-likelihood of O(10)
     np.testing.assert_allclose(g, fd, rtol=1e-4, atol=1e-3)
@@ -107,15 +109,18 @@ def test_residual_sigma_derivatives_match_autodiff_and_differences():
         return record_loglik(codes, data_i, f, sa, sp).sum()
 
     ls = jnp.asarray([-0.7, -1.2, -0.4, -1.6, -0.9])
-    v, g, H = (np.asarray(a) for a in residual_loglik_sigma_derivatives(eps, data_i, f, ls))
+    # compiled once per shape (op by op, the checks below compiled some 340 small programs)
+    derivs = jax.jit(residual_loglik_sigma_derivatives, static_argnums=0)
+    v, g, H = (np.asarray(a) for a in derivs(eps, data_i, f, ls))
     assert v == pytest.approx(float(loglik(ls)), rel=1e-13)
-    np.testing.assert_allclose(g, jax.grad(loglik)(ls), rtol=1e-9, atol=1e-9)
-    np.testing.assert_allclose(H, jax.hessian(loglik)(ls), rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(g, jax.jit(jax.grad(loglik))(ls), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(H, jax.jit(jax.hessian(loglik))(ls), rtol=1e-8, atol=1e-8)
     h = 1e-4
     e = np.eye(5) * h
-    fd_g = np.array([(loglik(ls + e[j]) - loglik(ls - e[j])) / (2 * h) for j in range(5)])
-    fd_H = np.array([[(loglik(ls + e[i] + e[j]) - loglik(ls + e[i] - e[j])
-                       - loglik(ls - e[i] + e[j]) + loglik(ls - e[i] - e[j])) / (4 * h * h)
+    ll = jax.jit(loglik)  # one compile for the 110 shifted points
+    fd_g = np.array([(ll(ls + e[j]) - ll(ls - e[j])) / (2 * h) for j in range(5)])
+    fd_H = np.array([[(ll(ls + e[i] + e[j]) - ll(ls + e[i] - e[j])
+                       - ll(ls - e[i] + e[j]) + ll(ls - e[i] - e[j])) / (4 * h * h)
                       for j in range(5)] for i in range(5)])
     np.testing.assert_allclose(g, fd_g, rtol=1e-6, atol=1e-5)
     np.testing.assert_allclose(H, fd_H, rtol=1e-4, atol=1e-2)
@@ -124,18 +129,18 @@ def test_residual_sigma_derivatives_match_autodiff_and_differences():
     # a batch of predictions with the records first (T, B), as importance sampling passes its
     # draws: each column's results are those of the single prediction
     fb = f[:, None] * jnp.asarray(np.exp(rng.normal(0.0, 0.3, (T, 7))))
-    vb, gb, Hb = residual_loglik_sigma_derivatives(eps, data_i, fb, ls)
+    vb, gb, Hb = derivs(eps, data_i, fb, ls)
     assert vb.shape == (7,) and gb.shape == (7, 5) and Hb.shape == (7, 5, 5)
     for j in range(7):
-        v1, g1, H1 = residual_loglik_sigma_derivatives(eps, data_i, fb[:, j], ls)
+        v1, g1, H1 = derivs(eps, data_i, fb[:, j], ls)
         np.testing.assert_allclose(vb[j], v1, rtol=1e-13)
         np.testing.assert_allclose(gb[j], g1, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(Hb[j], H1, rtol=1e-12, atol=1e-12)
     # every endpoint log-additive (a program of its own: the SD does not depend on f)
     data_log = dict(data_i, endpoint=jnp.zeros(T, int))
-    vb, gb, Hb = residual_loglik_sigma_derivatives(eps[:1], data_log, fb, ls[:1])
+    vb, gb, Hb = derivs(eps[:1], data_log, fb, ls[:1])
     for j in range(7):
-        v1, g1, H1 = residual_loglik_sigma_derivatives(eps[:1], data_log, fb[:, j], ls[:1])
+        v1, g1, H1 = derivs(eps[:1], data_log, fb[:, j], ls[:1])
         np.testing.assert_allclose(vb[j], v1, rtol=1e-13)
         np.testing.assert_allclose(gb[j], g1, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(Hb[j], H1, rtol=1e-12, atol=1e-12)

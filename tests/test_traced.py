@@ -107,12 +107,11 @@ def test_digest_is_the_same_in_every_process():
         print(tr.digest(make(frozenset({"foldx", "Tmax", "Cmax"}))))
         """
     )
-    keys = {
-        subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONHASHSEED=seed),
-                       capture_output=True, text=True, timeout=60, check=True).stdout
-        for seed in ("1", "2", "3")
-    }
-    assert len(keys) == 1
+    children = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                                 env=dict(os.environ, PYTHONHASHSEED=seed))
+                for seed in ("1", "2", "3")]
+    keys = {c.communicate(timeout=60)[0] for c in children}
+    assert [c.returncode for c in children] == [0, 0, 0] and len(keys) == 1
 
 
 CHILD = textwrap.dedent(
@@ -226,13 +225,21 @@ FIT = textwrap.dedent(
 )
 
 
-def _fit(cache):
+def _fit_start(cache) -> subprocess.Popen:
     env = dict(os.environ, JAX_PLATFORMS="cpu", EQX_ON_ERROR="nan",
                XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    out = subprocess.run([sys.executable, "-c", FIT, str(cache)], env=env, capture_output=True,
-                         text=True, timeout=400)
-    line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
-    assert out.returncode == 0 and line, out.stderr[-3000:]
+    return subprocess.Popen([sys.executable, "-c", FIT, str(cache)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _fit_result(child: subprocess.Popen) -> dict:
+    try:
+        stdout, stderr = child.communicate(timeout=400)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    line = [x for x in stdout.splitlines() if x.startswith("RESULT ")]
+    assert child.returncode == 0 and line, stderr[-3000:]
     return json.loads(line[-1][len("RESULT "):])
 
 
@@ -241,7 +248,15 @@ def test_fit_from_kept_programs_matches_a_traced_fit(tmp_path):
     twice with the cache: the second run traces none of the estimation programs and gives the
     first run's estimates and -2LL, which are those of a run without the cache (to rounding:
     an exported program may be compiled with other fusions)."""
-    plain, cold, warm = _fit("off"), _fit(tmp_path), _fit(tmp_path)
+    # the run without the cache and the cold run at once (mostly compiling), then the warm run
+    children = [_fit_start("off"), _fit_start(tmp_path)]
+    try:
+        plain, cold = (_fit_result(c) for c in children)
+    finally:
+        for c in children:
+            if c.poll() is None:
+                c.kill()
+    warm = _fit_result(_fit_start(tmp_path))
     assert plain["counts"]["exported"] == 0 and plain["counts"]["loaded"] == 0
     assert cold["counts"]["exported"] >= 6 and cold["counts"]["loaded"] == 0
     assert warm["counts"]["exported"] == 0
@@ -259,17 +274,29 @@ def test_simulate_command_from_kept_programs(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS="--xla_force_host_platform_device_count=2")
     tables = {}
-    for run, cache in (("off", "off"), ("cold", tmp_path / "cache"), ("warm", tmp_path / "cache")):
-        out = tmp_path / run
+
+    def start(run, cache):
         cmd = [sys.executable, "-m", "cartkin.cli", "simulate", "--model", "stein2019ode",
-               "--n", "64", "--days", "60", "--points", "13", "--out", str(out)]
-        res = subprocess.run(cmd, env=dict(env, CARTKIN_CACHE=str(cache)), capture_output=True,
-                             text=True, timeout=300)
-        assert res.returncode == 0, res.stderr[-3000:]
-        tables[run] = pd.read_csv(out / "simulation.csv")
-        if run == "cold":
-            kept = {p.name for p in (tmp_path / "cache" / "cartkin-traced").iterdir()}
-            assert any(name.startswith("body-") for name in kept)
+               "--n", "64", "--days", "60", "--points", "13", "--out", str(tmp_path / run)]
+        return subprocess.Popen(cmd, env=dict(env, CARTKIN_CACHE=str(cache)),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def finish(run, child):
+        try:
+            _, stderr = child.communicate(timeout=300)
+        finally:
+            if child.poll() is None:
+                child.kill()
+        assert child.returncode == 0, stderr[-3000:]
+        tables[run] = pd.read_csv(tmp_path / run / "simulation.csv")
+
+    # the run without the cache beside the cold run, then the warm run
+    off, cold = start("off", "off"), start("cold", tmp_path / "cache")
+    finish("cold", cold)
+    finish("off", off)
+    kept = {p.name for p in (tmp_path / "cache" / "cartkin-traced").iterdir()}
+    assert any(name.startswith("body-") for name in kept)
+    finish("warm", start("warm", tmp_path / "cache"))
     # the warm run kept nothing new: it found every program it needed
     assert {p.name for p in (tmp_path / "cache" / "cartkin-traced").iterdir()} == kept
     num = tables["off"].select_dtypes("number").columns
