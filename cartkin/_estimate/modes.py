@@ -12,16 +12,17 @@ found (ESS 1,600: nothing looked wrong); two other subjects lost 2.9 and 0.6 uni
 way. The two fits' -2LL differed by 84 units at equal estimates.
 
 The search: per subject, Levenberg-Marquardt ascent of log p(y_i | phi) + log p(phi | mu_i,
-Omega) from ``2 + 4 d`` starts: the chain's mean, mu_i, and the chain's mean with one coordinate
-moved to mu_ij -2, -1, +1 or +2 IIV SDs. Derivatives of the predictions are forward differences
-(each iteration one batched solve of every point and its d neighbours, as importance sampling's
-draws are solved): measured on the Stein ODE form, 20 subjects x 26 starts, a jvp with d
-tangents through the batched Rosenbrock solver took 6.0 s to compile and 69 ms to run, the
-d + 1 solves 1.0 s and 26 ms. The curvature is the generalised Gauss-Newton one,
-J' |d2 l / d eta2| J + Omega^-1, where eta is a record's prediction on its error scale (log f
-for log-additive errors). A step is kept only where it
-raises the log density, so the approximate curvature costs iterations, not correctness. All
-linear algebra is unrolled (d is a handful), so the search may be split over host devices.
+Omega) from ``2 + 2 d`` starts: the chain's mean, mu_i, and the chain's mean with one coordinate
+moved to mu_ij - 2 or + 2 IIV SDs (``MOVES``: against four moves, -2, -1, +1, +2, the two lost
+no subject of the 5,000-subject cohort and still found the stuck chain's mode above, and saved
+the 200-subject Stein ODE fit 0.5-1.3 s; benchmarks/mode_starts.py). Derivatives of the
+predictions are forward differences (each iteration one batched solve of every point and its d
+neighbours, as importance sampling's draws are solved): measured on the Stein ODE form, 20
+subjects x 26 starts, a jvp with d tangents through the batched Rosenbrock solver took 6.0 s to
+compile and 69 ms to run, the d + 1 solves 1.0 s and 26 ms. The curvature is the generalised
+Gauss-Newton one, J' |d2 l / d eta2| J + Omega^-1, where eta is a record's prediction on its
+error scale (log f for log-additive errors). A step is kept only where it raises the log
+density, so the approximate curvature costs iterations, not correctness. All linear algebra is unrolled (d is a handful), so the search may be split over host devices.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from .._compile import jit
 from .._devices import over_subjects
 from .._likelihood import eta_logprior, forward_substitution, map_subjects, record_loglik
 
-MOVES = (-2.0, -1.0, 1.0, 2.0)  # start offsets along each coordinate, in IIV SDs
+MOVES = (-2.0, 2.0)  # start offsets along each coordinate, in IIV SDs
 FD_STEP = 1e-3  # forward-difference step on phi (log / logit scale)
 
 
