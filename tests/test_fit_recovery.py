@@ -3,6 +3,7 @@ BLQ censored by M3), and the fit's errors and run folder as a user meets them.""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -195,3 +196,29 @@ def test_bounded_parameters_stay_inside_and_match_the_unbounded_fit(recovered):
         assert lo < t.loc[k, "ci_low"] < t.loc[k, "estimate"] < t.loc[k, "ci_high"] < hi
         assert np.all((res.ebe[k] > lo) & (res.ebe[k] < hi))
     assert res.convergence["converged"] and np.all(np.isfinite(t["se"]))
+
+
+FITS = Path(__file__).parents[1] / "fits"
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in FITS.glob("*.toml")
+                                        if "[data]" in p.read_text()))
+def test_shipped_fit_configurations_load_with_their_data(name):
+    """Every shipped population-fit configuration (the ones ``cartkin fit`` and ``cartkin bayes``
+    run) parses, and its dataset loads and maps onto its model's endpoints and IIV."""
+    from cartkin.api_fit import load_fit_data
+
+    cfg = load_config(FITS / f"{name}.toml")
+    _, data = load_fit_data(cfg)
+    assert data.n_subjects > 0 and data.mask.any()
+    assert set(cfg.stat.iiv) <= set(cfg.stat.model.parameters)
+
+
+def test_the_stein_ode_fit_is_the_closed_form_fit_with_the_ode_model():
+    """``fits/stein_ode.toml`` (the ODE-fits issue's command) fits the closed-form configuration's
+    cohort, endpoints, starting values and IIV with the ODE form of the same model."""
+    closed, ode = load_config(FITS / "stein2019.toml"), load_config(FITS / "stein_ode.toml")
+    assert (closed.raw["model"]["name"], ode.raw["model"]["name"]) == ("stein2019", "stein2019ode")
+    assert ode.data_name == closed.data_name
+    assert ode.stat.iiv == closed.stat.iiv and ode.stat.endpoints == closed.stat.endpoints
+    assert dict(ode.init) == dict(closed.init) and dict(ode.omega_init) == dict(closed.omega_init)
