@@ -62,3 +62,22 @@ def scipy_reference(model, theta, times, regimen=None, rtol=1e-11, atol=1e-14, m
         for k in out:
             out[k].append(float(o[k]))
     return {k: np.asarray(v) for k, v in out.items()}
+
+
+def child_results(children, timeout=400):
+    """The ``RESULT <json>`` line of each child process (``subprocess.Popen`` with text pipes),
+    waited for in turn; children still running when one fails are killed."""
+    import json
+
+    try:
+        out = []
+        for child in children:
+            stdout, stderr = child.communicate(timeout=timeout)
+            line = [x for x in stdout.splitlines() if x.startswith("RESULT ")]
+            assert child.returncode == 0 and line, stderr[-3000:]
+            out.append(json.loads(line[-1][len("RESULT "):]))
+        return out
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()

@@ -1,12 +1,12 @@
 """SAEM and importance sampling split over several host devices give what one device gives."""
 
-import json
 import os
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
+from helpers import child_results
 
 CHILD = textwrap.dedent(
     """
@@ -71,13 +71,6 @@ def _start(devices: int) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
-def _result(child: subprocess.Popen) -> dict:
-    stdout, stderr = child.communicate(timeout=400)
-    line = [x for x in stdout.splitlines() if x.startswith("RESULT ")]
-    assert child.returncode == 0 and line, stderr[-3000:]
-    return json.loads(line[-1][len("RESULT "):])
-
-
 def test_fit_split_over_devices_matches_one_device():
     """Per-subject random streams: the same draws whatever the device count, so the -2LL, each
     subject's log-likelihood, the Louis information and the EBEs agree to rounding (1e-8), and
@@ -85,13 +78,7 @@ def test_fit_split_over_devices_matches_one_device():
     finishing within the timeout guards against the host-device deadlock of LAPACK calls
     inside sharded programs."""
     # both processes at once: most of each is compiling, one core each
-    children = [_start(1), _start(2)]
-    try:
-        one, two = (_result(c) for c in children)
-    finally:
-        for c in children:
-            if c.poll() is None:
-                c.kill()
+    one, two = child_results([_start(1), _start(2)])
     assert one["devices"] == 1 and two["devices"] == 2
     for form in ("stein2019", "stein2019ode"):
         a, b = one[form], two[form]

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import child_results
 
 from cartkin._likelihood import SolverSettings
 from cartkin._traced import Unkeyable, digest
@@ -232,31 +233,14 @@ def _fit_start(cache) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _fit_result(child: subprocess.Popen) -> dict:
-    try:
-        stdout, stderr = child.communicate(timeout=400)
-    finally:
-        if child.poll() is None:
-            child.kill()
-    line = [x for x in stdout.splitlines() if x.startswith("RESULT ")]
-    assert child.returncode == 0 and line, stderr[-3000:]
-    return json.loads(line[-1][len("RESULT "):])
-
-
 def test_fit_from_kept_programs_matches_a_traced_fit(tmp_path):
     """A population fit (SAEM, mode search, importance sampling, sdtab; two host devices) run
     twice with the cache: the second run traces none of the estimation programs and gives the
     first run's estimates and -2LL, which are those of a run without the cache (to rounding:
     an exported program may be compiled with other fusions)."""
     # the run without the cache and the cold run at once (mostly compiling), then the warm run
-    children = [_fit_start("off"), _fit_start(tmp_path)]
-    try:
-        plain, cold = (_fit_result(c) for c in children)
-    finally:
-        for c in children:
-            if c.poll() is None:
-                c.kill()
-    warm = _fit_result(_fit_start(tmp_path))
+    plain, cold = child_results([_fit_start("off"), _fit_start(tmp_path)])
+    (warm,) = child_results([_fit_start(tmp_path)])
     assert plain["counts"]["exported"] == 0 and plain["counts"]["loaded"] == 0
     assert cold["counts"]["exported"] >= 6 and cold["counts"]["loaded"] == 0
     assert warm["counts"]["exported"] == 0
