@@ -9,6 +9,9 @@ kernel (``method="kernel"``), side by side in one process on the Hardiansyah wor
    kernel for each block size (patients per program, with one warp per 32 patients).
 3. ``cartkin.simulate(..., on_device=True)`` for each method at ``--sizes`` patients, after
    timing the copy of the largest population to the device (part of every ``simulate`` call).
+4. With ``--profile METHOD``: one more warm call of that method at the largest size and chunk
+   under cProfile (where the host's time goes besides the solve: its checks, the gathers, the
+   joins), the functions with the most time of their own, then by cumulative time.
 
 Run on a GPU: ``python benchmarks/kernel_gpu.py``. On a CPU the kernel runs in Pallas's
 interpreter, so only ``--check-n 64 --probe-n 0 --sizes`` (no sizes) makes sense there.
@@ -61,6 +64,7 @@ def main():
     ap.add_argument("--blocks", type=int, nargs="*", default=[32, 64, 128])
     ap.add_argument("--sizes", type=int, nargs="*", default=[1_000_000, 10_000_000])
     ap.add_argument("--chunks", type=int, nargs="*", default=[262144, 1048576])
+    ap.add_argument("--profile", choices=("batched", "kernel"), default=None)
     args = ap.parse_args()
     say(f"# jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}")
     wl = workload("hardiansyah")
@@ -142,6 +146,25 @@ def main():
                 ok = float(np.mean(np.asarray(status) == 0))
                 say(f"simulate N={n:,} {method} chunk {c}: {n / t_warm:,.0f} patients/s warm "
                     f"({t_warm:.2f} s; first call {t_first:.2f} s); ok {ok:.4f}")
+
+    # 4. the host's time in one warm simulate call
+    if args.profile and args.sizes:
+        import cProfile
+        import pstats
+
+        n = max(args.sizes)
+        c = 262144 if args.profile == "batched" else max(args.chunks)
+        th = {k: v[:n] for k, v in theta.items()}
+        prof = cProfile.Profile()
+        t0 = time.perf_counter()
+        prof.enable()
+        r = cartkin.simulate(model, th, TIMES, wl["regimen"], rtol=RTOL, atol=ATOL,
+                             method=args.profile, progress=False, on_device=True, chunk_size=c)
+        jax.block_until_ready((r.outputs, r.status))
+        prof.disable()
+        say(f"profile: simulate N={n:,} {args.profile} chunk {c}: {time.perf_counter() - t0:.2f} s")
+        for key in ("tottime", "cumulative"):
+            pstats.Stats(prof, stream=sys.stdout).sort_stats(key).print_stats(20)
 
 
 if __name__ == "__main__":
