@@ -22,7 +22,8 @@ subjects x 26 starts, a jvp with d tangents through the batched Rosenbrock solve
 compile and 69 ms to run, the d + 1 solves 1.0 s and 26 ms. The curvature is the generalised
 Gauss-Newton one, J' |d2 l / d eta2| J + Omega^-1, where eta is a record's prediction on its
 error scale (log f for log-additive errors). A step is kept only where it raises the log
-density, so the approximate curvature costs iterations, not correctness. All linear algebra is unrolled (d is a handful), so the search may be split over host devices.
+density, so the approximate curvature costs iterations, not correctness. All linear algebra is
+unrolled (d is a handful), so the search may be split over host devices.
 """
 
 from __future__ import annotations
