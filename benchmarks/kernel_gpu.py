@@ -39,6 +39,8 @@ import cartkin  # noqa: E402
 from cartkin import _batched, _kernel  # noqa: E402
 from cartkin._regimen import compile_regimen, stack_event_tables  # noqa: E402
 
+BATCHED_CHUNK = 262144  # patients per call of the batched solver in simulate (3. and 4.)
+
 
 def say(*a):
     print(*a, flush=True)
@@ -135,7 +137,7 @@ def main():
     # 3. simulate, outputs on the device
     for n in args.sizes:
         th = {k: v[:n] for k, v in theta.items()}
-        for method, chunks in (("batched", [262144]), ("kernel", args.chunks)):
+        for method, chunks in (("batched", [BATCHED_CHUNK]), ("kernel", args.chunks)):
             for c in chunks:
                 def call(m=method, c=c):
                     r = cartkin.simulate(model, th, TIMES, wl["regimen"], rtol=RTOL, atol=ATOL,
@@ -153,7 +155,7 @@ def main():
         import pstats
 
         n = max(args.sizes)
-        c = 262144 if args.profile == "batched" else max(args.chunks)
+        c = BATCHED_CHUNK if args.profile == "batched" else max(args.chunks)
         th = {k: v[:n] for k, v in theta.items()}
         prof = cProfile.Profile()
         t0 = time.perf_counter()

@@ -64,20 +64,30 @@ def scipy_reference(model, theta, times, regimen=None, rtol=1e-11, atol=1e-14, m
     return {k: np.asarray(v) for k, v in out.items()}
 
 
-def child_results(children, timeout=400):
-    """The ``RESULT <json>`` line of each child process (``subprocess.Popen`` with text pipes),
-    waited for in turn; children still running when one fails are killed."""
-    import json
-
+def wait_all(children, timeout=400):
+    """The stdout of each child process (``subprocess.Popen`` with text pipes), waited for in
+    turn; each must exit 0 (else its stderr is shown), and children still running when one fails
+    are killed."""
     try:
         out = []
         for child in children:
             stdout, stderr = child.communicate(timeout=timeout)
-            line = [x for x in stdout.splitlines() if x.startswith("RESULT ")]
-            assert child.returncode == 0 and line, stderr[-3000:]
-            out.append(json.loads(line[-1][len("RESULT "):]))
+            assert child.returncode == 0, (stderr or "")[-3000:]
+            out.append(stdout)
         return out
     finally:
         for child in children:
             if child.poll() is None:
                 child.kill()
+
+
+def child_results(children, timeout=400):
+    """The ``RESULT <json>`` line of each child process, as :func:`wait_all` waits for them."""
+    import json
+
+    out = []
+    for stdout in wait_all(children, timeout):
+        line = [x for x in stdout.splitlines() if x.startswith("RESULT ")]
+        assert line, stdout[-3000:]
+        out.append(json.loads(line[-1][len("RESULT "):]))
+    return out

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import child_results
+from helpers import child_results, wait_all
 
 from cartkin._likelihood import SolverSettings
 from cartkin._traced import Unkeyable, digest
@@ -108,11 +108,11 @@ def test_digest_is_the_same_in_every_process():
         print(tr.digest(make(frozenset({"foldx", "Tmax", "Cmax"}))))
         """
     )
-    children = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                                 env=dict(os.environ, PYTHONHASHSEED=seed))
-                for seed in ("1", "2", "3")]
-    keys = {c.communicate(timeout=60)[0] for c in children}
-    assert [c.returncode for c in children] == [0, 0, 0] and len(keys) == 1
+    keys = set(wait_all([subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True,
+                                          env=dict(os.environ, PYTHONHASHSEED=seed))
+                         for seed in ("1", "2", "3")], timeout=60))
+    assert len(keys) == 1
 
 
 CHILD = textwrap.dedent(
@@ -257,7 +257,6 @@ def test_simulate_command_from_kept_programs(tmp_path):
     and all three tables agree."""
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    tables = {}
 
     def start(run, cache):
         cmd = [sys.executable, "-m", "cartkin.cli", "simulate", "--model", "stein2019ode",
@@ -265,22 +264,13 @@ def test_simulate_command_from_kept_programs(tmp_path):
         return subprocess.Popen(cmd, env=dict(env, CARTKIN_CACHE=str(cache)),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    def finish(run, child):
-        try:
-            _, stderr = child.communicate(timeout=300)
-        finally:
-            if child.poll() is None:
-                child.kill()
-        assert child.returncode == 0, stderr[-3000:]
-        tables[run] = pd.read_csv(tmp_path / run / "simulation.csv")
-
     # the run without the cache beside the cold run, then the warm run
-    off, cold = start("off", "off"), start("cold", tmp_path / "cache")
-    finish("cold", cold)
-    finish("off", off)
+    wait_all([start("off", "off"), start("cold", tmp_path / "cache")], timeout=300)
     kept = {p.name for p in (tmp_path / "cache" / "cartkin-traced").iterdir()}
     assert any(name.startswith("body-") for name in kept)
-    finish("warm", start("warm", tmp_path / "cache"))
+    wait_all([start("warm", tmp_path / "cache")], timeout=300)
+    tables = {run: pd.read_csv(tmp_path / run / "simulation.csv")
+              for run in ("off", "cold", "warm")}
     # the warm run kept nothing new: it found every program it needed
     assert {p.name for p in (tmp_path / "cache" / "cartkin-traced").iterdir()} == kept
     num = tables["off"].select_dtypes("number").columns
