@@ -482,10 +482,11 @@ def make_draws_predictor(stat: StatModel, settings: SolverSettings = SolverSetti
 
     outputs = [e.output for e in stat.endpoints]
 
-    def predict_many(phi, data):
+    def predict_many(phi, data, rtol=None):
         """phi (G, M, d) of G subjects (data: leading axis G) -> (f (G, M, T), status (G, M)):
         all G x M solves in one loop of lanes, each lane with its subject's saved times and
-        doses."""
+        doses; ``rtol`` (a traced scalar may be given: one program for several tolerances)
+        replaces the settings' relative tolerance."""
         G, M = phi.shape[:2]
         theta = jax.vmap(stat.theta_from_phi)(phi.reshape(G * M, -1))
         # the solver saves at strictly increasing times: a repeated time (two endpoints sampled
@@ -506,7 +507,8 @@ def make_draws_predictor(stat: StatModel, settings: SolverSettings = SolverSetti
         _, out, status = solve_batch(
             model, theta, lanes_of(jnp.take_along_axis(grid, order, axis=1)),
             lanes_of(data["ev_time"]), lanes_of(data["ev_dose"]), lanes_of(data["ev_log_effect"]),
-            rtol=settings.rtol, atol=settings.atol, max_steps=settings.max_steps,
+            rtol=settings.rtol if rtol is None else rtol, atol=settings.atol,
+            max_steps=settings.max_steps,
         )
         F = jnp.stack([out[o] for o in outputs], axis=1).reshape(G, M, len(outputs), T)
         f = jax.vmap(lambda F_g, w, ep: F_g[:, :, w][:, ep, idx])(F, where, data["endpoint"])
@@ -525,6 +527,7 @@ def make_draws_predictor(stat: StatModel, settings: SolverSettings = SolverSetti
     # and 9 of 25,000 ran out of steps: the t tails reach decline rates that make it stiff.
     predict_draws.lanes = 256 if jax.default_backend() == "cpu" else 1 << 17
     predict_draws.many = predict_many
+    predict_draws.rtol = settings.rtol  # (predict_many's default)
     predict_draws.split = True  # its linear algebra is unrolled: no LAPACK call
     return predict_draws
 
@@ -555,10 +558,12 @@ def _closed_form_draws_last(stat: StatModel):
     return draws_last
 
 
-def map_subjects(predict_draws, phi, data, draws_last: bool = False):
+def map_subjects(predict_draws, phi, data, draws_last: bool = False, rtol=None):
     """``predict_draws`` over subjects: phi (N, M, d), data with leading axis N -> (f (N, M, T),
     status (N, M)); ``draws_last``: f (N, T, M), computed so where the predictor can (an
-    element-wise closed form: ``predict_draws.draws_last``)."""
+    element-wise closed form: ``predict_draws.draws_last``). ``rtol``: the relative tolerance
+    of the batched solver's solves instead of the predictor's own (other predictors ignore
+    it)."""
     lanes = getattr(predict_draws, "lanes", None)
     if lanes is None:
         if draws_last and hasattr(predict_draws, "draws_last"):
@@ -580,9 +585,9 @@ def map_subjects(predict_draws, phi, data, draws_last: bool = False):
 
     xs = jax.tree.map(grouped, (phi, data))
     if n_groups == 1:
-        f, status = predict_draws.many(*jax.tree.map(lambda a: a[0], xs))
+        f, status = predict_draws.many(*jax.tree.map(lambda a: a[0], xs), rtol)
     else:
-        f, status = jax.lax.map(lambda x: predict_draws.many(*x), xs)
+        f, status = jax.lax.map(lambda x: predict_draws.many(*x, rtol), xs)
     f = f.reshape((n_groups * G,) + f.shape[-2:])[:N]
     return (jnp.swapaxes(f, 1, 2) if draws_last else f), status.reshape(n_groups * G, M)[:N]
 

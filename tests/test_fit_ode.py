@@ -122,6 +122,19 @@ def test_subjects_grouped_in_one_loop_keep_their_own_times_and_doses():
         f, code = jax.jit(lambda p, d: map_subjects(predict, p, d))(phi, data)
         assert f.shape == (N, M, T) and bool((code == 0).all())
         np.testing.assert_allclose(f, r, rtol=1e-6)
+    # a tolerance passed as an argument (importance sampling's information passes: one program
+    # for two tolerances) solves as a predictor built with it does, step for step
+    loose = make_draws_predictor(stat, SolverSettings(rtol=1e-4, atol=1e-12))
+    loose.lanes = predict.lanes = 64
+    solve = jax.jit(lambda p, d, tol: map_subjects(predict, p, d, rtol=tol))
+    f4, code4 = solve(phi, data, np.asarray(1e-4))
+    g4, _ = jax.jit(lambda p, d: map_subjects(loose, p, d))(phi, data)
+    assert bool((code4 == 0).all())
+    np.testing.assert_allclose(f4, g4, rtol=1e-13)
+    # the looser solve is off the reference by more than the tight one, within its tolerance
+    err4 = np.max(np.abs(np.log(np.asarray(f4) / np.asarray(r))))
+    assert 1e-8 < err4 < 1e-3
+    np.testing.assert_allclose(solve(phi, data, np.asarray(1e-9))[0], f, rtol=1e-13)
 
 
 def test_failed_solves_are_reported_per_subject_with_their_cause():

@@ -113,7 +113,11 @@ def fit(
     if not isinstance(stat.model, ClosedFormModel) and saem_settings(settings, saem) != settings:
         predict_saem = make_draws_predictor(stat, saem_settings(settings, saem))
     init_fn, run_block, _ = make_saem(stat, predict_saem, arrays, X, codes=codes, options=saem)
-    sample = make_importance_sampler(stat, predict_draws, arrays, X, codes, importance)
+    # the information passes (first pass, polishing, information) solve at SAEM's tolerance:
+    # their score and information need no more accurate predictions than SAEM's chains; the
+    # -2LL passes solve at the fit's
+    sample = make_importance_sampler(stat, predict_draws, arrays, X, codes, importance,
+                                     info_rtol=saem_settings(settings, saem).rtol)
     # importance sampling's programs compile on the second core while SAEM runs
     sample.compile_ahead()
     n_iter = saem.k1 + saem.k2

@@ -183,10 +183,14 @@ def _mvt_logpdf(x, m, chol, nu):
     )
 
 
-def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOptions = ISOptions()):
+def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOptions = ISOptions(),
+                            info_rtol: float | None = None):
     """Build the sampler once (its programs compile once per fit); returns
     ``sample(params, post_mean, post_cov, progress=False, m2ll=True) -> dict`` (see
-    :func:`importance_sample`)."""
+    :func:`importance_sample`). ``info_rtol``: the relative tolerance of the information
+    passes' solves (``m2ll=False``: the first pass, polishing, the information with more
+    draws; None: the predictor's own, which the -2LL pass always uses). Measured on the Stein
+    ODE form: see ``fit``."""
     X = jax.device_put(np.asarray(X))  # (jnp.asarray would be a small program)
     N, d = X.shape[0], X.shape[1]
     T = data["time"].shape[1]
@@ -196,6 +200,11 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
     n_s = layout.n_sigma
     codes = jax.device_put(np.asarray(codes))
     M = options.draws_per_chunk
+    # the solves' relative tolerances, as arguments of one draw program (0-d arrays; unused by
+    # closed forms)
+    fit_rtol = getattr(predict_draws, "rtol", None) or 0.0
+    tol_fit = np.asarray(fit_rtol, float)
+    tol_info = np.asarray(fit_rtol if info_rtol is None else info_rtol, float)
 
     def prior_moments(psi, m1, m2, x_i):
         """E log N(phi; mu_i, Omega) for E phi = m1, E phi phi' = m2: linear in (m1, m2), so its
@@ -237,13 +246,14 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
     hess_prior = jax.hessian(prior_moments)
 
     def make_draw(M):
-        def local(idx, mix_m, mix_L, mix_logw, data, X, key, psi, L_pop):
+        def local(idx, mix_m, mix_L, mix_logw, data, X, key, psi, L_pop, rtol):
             b, _, _ = layout.unpack(psi)
             mu = jnp.einsum("njp,jp->nj", X, b)
             keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
             phi = jax.vmap(lambda k, m, L, w, mu_i: proposal_draws(k, (m, L, w), mu_i, L_pop, M))(
                 keys, mix_m, mix_L, mix_logw, mu)
-            f, code = map_subjects(predict_draws, phi, data, draws_last=True)  # (n, T, M)
+            f, code = map_subjects(predict_draws, phi, data, draws_last=True,
+                                   rtol=rtol)  # (n, T, M)
             lq = jax.vmap(lambda phi_i, m, L, w, mu_i: jnp.logaddexp(
                 jnp.log1p(-W_PRIOR) + _mix_logpdf(phi_i, (m, L, w)),
                 jnp.log(W_PRIOR) + eta_logprior(phi_i - mu_i, L_pop)))(
@@ -251,11 +261,12 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
             return phi, f, code, lq
 
         @jit
-        def draw(key, psi, L_pop, idx, mix, data, X):
+        def draw(key, psi, L_pop, rtol, idx, mix, data, X):
             """M proposal draws per subject (``idx``: their subject numbers), their predictions
-            and solver codes, and the proposal's log density (the only part of a chunk that
-            solves the model); subjects split over the devices."""
-            return over_subjects(local, (idx, *mix, data, X), (key, psi, L_pop), devices)
+            (ODE solves at relative tolerance ``rtol``) and solver codes, and the proposal's log
+            density (the only part of a chunk that solves the model); subjects split over the
+            devices."""
+            return over_subjects(local, (idx, *mix, data, X), (key, psi, L_pop, rtol), devices)
 
         return draw
 
@@ -374,7 +385,8 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         def draw_args():
             mix = (np.zeros((n_pad, K_MIX, d)), np.zeros((n_pad, K_MIX, d, d)),
                    np.zeros((n_pad, K_MIX)))
-            return (jax.random.PRNGKey(0), psi, prior_outputs()[0], streams, mix, data_c, X_c)
+            return (jax.random.PRNGKey(0), psi, prior_outputs()[0], tol_fit, streams, mix,
+                    data_c, X_c)
 
         def weigh_args():
             L_pop, prior = prior_outputs()
@@ -404,11 +416,11 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
         L_pop, prior = prior_terms(psi)
         return psi, np.asarray(L_pop), jax.tree.map(np.asarray, prior)
 
-    def run_draw(fn, key, at, mix, sub):
-        """``fn``'s draws for the rows of ``sub`` (:func:`rows_of`)."""
+    def run_draw(fn, key, at, mix, sub, rtol):
+        """``fn``'s draws for the rows of ``sub`` (:func:`rows_of`), solved at ``rtol``."""
         _, pidx, streams, data_c, X_c = sub
-        return fn(key, at[0], at[1], streams, tuple(np.asarray(a)[pidx] for a in mix), data_c,
-                  X_c)
+        return fn(key, at[0], at[1], rtol, streams, tuple(np.asarray(a)[pidx] for a in mix),
+                  data_c, X_c)
 
     def run_weigh(fn, at, drawn, sub, g):
         """Per-row sums of ``drawn`` (the rows of ``sub``) at ``at`` (:func:`at_psi`), with the
@@ -552,7 +564,7 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
             lacc, kept = None, [] if N * n_louis * M * T <= KEEP_VALUES else None
             for c in range(n_louis):
                 drawn = run_draw(draw, jax.random.fold_in(key, 10**6 + c), at,
-                                 with_modes(m_q, L_q), everyone)
+                                 with_modes(m_q, L_q), everyone, tol_info)
                 lacc = combine(lacc, run_weigh(weigh_louis, at, drawn, everyone, g))
                 if kept is not None:
                     kept.append(drawn)
@@ -585,7 +597,7 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
             tv = (options.target_se / 2) ** 2  # the log-likelihood's target variance
 
             def chunk(fn, key, sub):
-                return run_weigh(w_fn, at, run_draw(fn, key, at, mix, sub), sub, g)
+                return run_weigh(w_fn, at, run_draw(fn, key, at, mix, sub, tol_fit), sub, g)
 
             widened, refit = np.zeros(N, int), np.zeros(N, int)
 
@@ -598,7 +610,7 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
                 counts[idx[: n_rows % len(idx)]] += 1
                 sub, rank = rows_for(counts)
                 rows = rows_of(sub, rank)
-                drawn = run_draw(draw, kc, at, mix, rows)
+                drawn = run_draw(draw, kc, at, mix, rows, tol_fit)
                 lw = run_weigh(weigh[False], at, drawn, rows, g)["lw"]  # the weights alone
                 phi = np.asarray(drawn[0])[: len(sub)]
                 for i in idx:

@@ -53,7 +53,8 @@ class SAEMOptions:
     # relative tolerance of SAEM's ODE solves (the larger of this and the fit's own; 0: the
     # fit's). The chains need far less accurate predictions than the -2LL: on the Stein ODE form
     # rtol 1e-4 changed log-predictions by at most 1.1e-4 (residual SD 0.56) and halved the
-    # seconds per solve. Importance sampling, polishing and the -2LL use the fit's tolerance.
+    # seconds per solve. Importance sampling's information passes solve at this tolerance too;
+    # the mode search and the -2LL use the fit's (docs/estimation.md).
     rtol: float = 1e-4
 
 
