@@ -189,8 +189,9 @@ def make_importance_sampler(stat, predict_draws, data, X, codes, options: ISOpti
     ``sample(params, post_mean, post_cov, progress=False, m2ll=True) -> dict`` (see
     :func:`importance_sample`). ``info_rtol``: the relative tolerance of the information
     passes' solves (``m2ll=False``: the first pass, polishing, the information with more
-    draws; None: the predictor's own, which the -2LL pass always uses). Measured on the Stein
-    ODE form: see ``fit``."""
+    draws; None: the predictor's own, which the -2LL pass always uses; only the batched
+    solver's predictor takes another tolerance). Why and what it saves: docs/estimation.md,
+    step 1."""
     X = jax.device_put(np.asarray(X))  # (jnp.asarray would be a small program)
     N, d = X.shape[0], X.shape[1]
     T = data["time"].shape[1]
