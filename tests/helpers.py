@@ -64,10 +64,19 @@ def scipy_reference(model, theta, times, regimen=None, rtol=1e-11, atol=1e-14, m
     return {k: np.asarray(v) for k, v in out.items()}
 
 
+def spawn(cmd, env=None):
+    """A child process running ``cmd`` with its stdout and stderr as text pipes, for
+    :func:`wait_all`."""
+    import subprocess
+
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
 def wait_all(children, timeout=400):
-    """The stdout of each child process (``subprocess.Popen`` with text pipes), waited for in
-    turn; each must exit 0 (else its stderr is shown), and children still running when one fails
-    are killed."""
+    """The stdout of each child process (:func:`spawn`), waited for in turn; each must exit 0
+    (else its stderr is shown), and children still running when one fails are killed (and
+    reaped)."""
     try:
         out = []
         for child in children:
@@ -79,6 +88,7 @@ def wait_all(children, timeout=400):
         for child in children:
             if child.poll() is None:
                 child.kill()
+                child.communicate()
 
 
 def child_results(children, timeout=400):

@@ -6,7 +6,7 @@ import sys
 import textwrap
 
 import numpy as np
-from helpers import child_results
+from helpers import child_results, spawn
 
 CHILD = textwrap.dedent(
     """
@@ -67,8 +67,7 @@ CHILD = textwrap.dedent(
 def _start(devices: int) -> subprocess.Popen:
     env = dict(os.environ, JAX_PLATFORMS="cpu", EQX_ON_ERROR="nan",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    return subprocess.Popen([sys.executable, "-c", CHILD], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return spawn([sys.executable, "-c", CHILD], env)
 
 
 def test_fit_split_over_devices_matches_one_device():

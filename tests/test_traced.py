@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import child_results, wait_all
+from helpers import child_results, spawn, wait_all
 
 from cartkin._likelihood import SolverSettings
 from cartkin._traced import Unkeyable, digest
@@ -108,9 +108,8 @@ def test_digest_is_the_same_in_every_process():
         print(tr.digest(make(frozenset({"foldx", "Tmax", "Cmax"}))))
         """
     )
-    keys = set(wait_all([subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True,
-                                          env=dict(os.environ, PYTHONHASHSEED=seed))
+    keys = set(wait_all([spawn([sys.executable, "-c", code],
+                               dict(os.environ, PYTHONHASHSEED=seed))
                          for seed in ("1", "2", "3")], timeout=60))
     assert len(keys) == 1
 
@@ -229,8 +228,7 @@ FIT = textwrap.dedent(
 def _fit_start(cache) -> subprocess.Popen:
     env = dict(os.environ, JAX_PLATFORMS="cpu", EQX_ON_ERROR="nan",
                XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    return subprocess.Popen([sys.executable, "-c", FIT, str(cache)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return spawn([sys.executable, "-c", FIT, str(cache)], env)
 
 
 def test_fit_from_kept_programs_matches_a_traced_fit(tmp_path):
@@ -261,8 +259,7 @@ def test_simulate_command_from_kept_programs(tmp_path):
     def start(run, cache):
         cmd = [sys.executable, "-m", "cartkin.cli", "simulate", "--model", "stein2019ode",
                "--n", "64", "--days", "60", "--points", "13", "--out", str(tmp_path / run)]
-        return subprocess.Popen(cmd, env=dict(env, CARTKIN_CACHE=str(cache)),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return spawn(cmd, dict(env, CARTKIN_CACHE=str(cache)))
 
     # the run without the cache beside the cold run, then the warm run
     wait_all([start("off", "off"), start("cold", tmp_path / "cache")], timeout=300)

@@ -110,14 +110,15 @@ def fit(
         if p:
             sig0.append(sigma_init.get(e.output + "_prop", 0.2) if isinstance(sigma_init, Mapping) else 0.2)
     predict_saem = predict_draws
-    if not isinstance(stat.model, ClosedFormModel) and saem_settings(settings, saem) != settings:
-        predict_saem = make_draws_predictor(stat, saem_settings(settings, saem))
+    loose = saem_settings(settings, saem)
+    if not isinstance(stat.model, ClosedFormModel) and loose != settings:
+        predict_saem = make_draws_predictor(stat, loose)
     init_fn, run_block, _ = make_saem(stat, predict_saem, arrays, X, codes=codes, options=saem)
     # the information passes (first pass, polishing, information) solve at SAEM's tolerance:
     # their score and information need no more accurate predictions than SAEM's chains; the
     # -2LL passes solve at the fit's
     sample = make_importance_sampler(stat, predict_draws, arrays, X, codes, importance,
-                                     info_rtol=saem_settings(settings, saem).rtol)
+                                     info_rtol=loose.rtol)
     # importance sampling's programs compile on the second core while SAEM runs
     sample.compile_ahead()
     n_iter = saem.k1 + saem.k2
